@@ -1,0 +1,1 @@
+from executors.version import __version__

@@ -1,0 +1,9 @@
+"""Errors raised for bad user input.
+
+Every message names the offending field and says how to fix it, e.g.
+``InputError("labels: expected one label per embedding (got 3 labels for 4 embeddings); pass labels of shape (4,)")``.
+"""
+
+
+class InputError(ValueError):
+    """Bad user data or settings: the message names the field and the fix."""

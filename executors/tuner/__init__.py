@@ -1,0 +1,1 @@
+"""Jina-free tuning core: losses, miners, samplers, training loop, callbacks, tailor."""
