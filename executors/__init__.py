@@ -1,1 +1,29 @@
+"""Fine-tune embedding models and serve them in FAISS search with Jina executors.
+
+The Python API (Jina-free) is importable from here: ``fit``, ``embed``, ``save``, ``load``,
+``display``, ``to_embedding_model``, ``build_model``, ``evaluate_embeddings``. The six
+executors (``LabelAssigner``, ``Preprocessor``, ``FinetunerTrainer``, ``Encoder``,
+``Indexer``, ``Evaluator``) are imported lazily, so using the core does not import Jina.
+"""
+import importlib
+
 from executors.version import __version__
+
+_LAZY = {
+    'fit': 'executors.tuner.trainer', 'embed': 'executors.tuner.trainer',
+    'display': 'executors.tuner.tailor', 'to_embedding_model': 'executors.tuner.tailor',
+    'save': 'executors.models', 'load': 'executors.models', 'build_model': 'executors.models',
+    'ModelStore': 'executors.models', 'evaluate_embeddings': 'executors.metrics',
+    'InputError': 'executors.errors',
+    'LabelAssigner': 'executors.label_assigner.executor', 'Preprocessor': 'executors.preprocessor.executor',
+    'FinetunerTrainer': 'executors.finetuner_trainer.executor', 'Encoder': 'executors.encoder.executor',
+    'Indexer': 'executors.indexer.executor', 'Evaluator': 'executors.evaluator.executor',
+}
+
+__all__ = ['__version__', *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,3 @@
+from executors.encoder.executor import Encoder
+
+__all__ = ['Encoder']

@@ -1,0 +1,3 @@
+from executors.evaluator.executor import Evaluator
+
+__all__ = ['Evaluator']

@@ -1,0 +1,3 @@
+from executors.finetuner_trainer.executor import FinetunerTrainer
+
+__all__ = ['FinetunerTrainer']

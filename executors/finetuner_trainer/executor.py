@@ -1,0 +1,70 @@
+"""FinetunerTrainer: collects labelled docs, fits in the background, publishes model versions."""
+from pathlib import Path
+from typing import Dict, Optional
+
+from jina import Executor, requests
+
+from executors.errors import InputError
+from executors.index import StoredDoc
+from executors.models import ModelStore
+from executors.parameters import require_docs, validate_parameters
+from executors.schema import Doc, DocList, Report, report
+from executors.training import TrainingService
+from executors.tuner.data import doc_content
+
+
+class FinetunerTrainer(Executor):
+    """Endpoints: ``/train`` (store labelled docs), ``/train/clear``, ``/fit`` (tune; parameters
+    are fit options, ``wait=True`` blocks until done), ``/status`` (progress, metrics, versions),
+    ``/evaluate`` (embed labelled docs with a ``version``, default the current one, for the Evaluator).
+
+    ``store_dir``: the model store shared with the search flow; ``model_name``; ``model``: the
+    base model's builder spec, published as version 1 when the store has none;
+    ``preprocessing``: recorded in each version's ``model.json``; ``fit_defaults``: defaults
+    for the ``/fit`` options.
+    """
+
+    def __init__(self, store_dir: str = 'models', model_name: str = 'model', model: Optional[Dict] = None,
+                 preprocessing: Optional[Dict] = None, fit_defaults: Optional[Dict] = None, seed: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if model is None:
+            raise InputError('model: FinetunerTrainer needs the base model spec, e.g. '
+                             '{"builder": "mlp", "kwargs": {"layer_sizes": [3, 6, 6, 6]}} in uses_with')
+        workspace = Path(self.workspace or 'workspace')
+        self.service = TrainingService(ModelStore(store_dir), model_name, model, workspace,
+                                       preprocessing=preprocessing, seed=seed, fit_defaults=fit_defaults)
+
+    @requests(on='/train')
+    def train(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
+        validate_parameters('/train', parameters)
+        require_docs('/train', docs)
+        stored = [StoredDoc(id=d.id, label=d.label, text=d.text, uri=d.uri, tags=dict(d.tags),
+                            tensor=None if d.tensor is None else d.tensor) for d in docs]
+        return report({'received': len(docs), 'num_docs': self.service.add(stored)})
+
+    @requests(on='/train/clear')
+    def clear(self, parameters: Dict, **kwargs) -> DocList[Report]:
+        validate_parameters('/train/clear', parameters)
+        self.service.clear()
+        return report(self.service.status())
+
+    @requests(on='/fit')
+    def fit(self, parameters: Dict, **kwargs) -> DocList[Report]:
+        options = validate_parameters('/fit', parameters)
+        wait = options.pop('wait', False)
+        return report(self.service.start_fit(options, wait=wait))
+
+    @requests(on='/status')
+    def status(self, parameters: Dict, **kwargs) -> DocList[Report]:
+        validate_parameters('/status', parameters)
+        return report(self.service.status())
+
+    @requests(on='/evaluate')
+    def evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        options = validate_parameters('/evaluate', parameters)
+        require_docs('/evaluate', docs)
+        vectors, version = self.service.embed([doc_content(d) for d in docs], options.get('version'))
+        for doc, vector in zip(docs, vectors):
+            doc.embedding, doc.model_version, doc.tensor = vector, version, None
+        return docs

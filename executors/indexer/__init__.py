@@ -1,0 +1,3 @@
+from executors.indexer.executor import Indexer
+
+__all__ = ['Indexer']

@@ -1,0 +1,3 @@
+from executors.label_assigner.executor import LabelAssigner
+
+__all__ = ['LabelAssigner']

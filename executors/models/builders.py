@@ -1,0 +1,79 @@
+"""Named model builders: a model is described by JSON ``{"builder": name, "kwargs": {...}}``.
+
+Storing the builder spec instead of a pickled module is what lets a saved model be rebuilt
+without unpickling anything: ``build_model(spec)`` then ``load_state_dict`` from safetensors.
+Every model built here carries its spec as ``model.builder_spec``.
+"""
+from typing import Any, Callable, Dict, Sequence
+
+import torch
+from torch import nn
+
+from executors.errors import InputError
+
+MODEL_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
+SPEC_ATTRIBUTE = 'builder_spec'
+
+
+def register_builder(name: str):
+    """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name``."""
+
+    def decorate(fn):
+        MODEL_BUILDERS[name] = fn
+        return fn
+
+    return decorate
+
+
+_ACTIVATIONS = {'relu': nn.ReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh, 'silu': nn.SiLU}
+
+
+@register_builder('mlp')
+def build_mlp(layer_sizes: Sequence[int], activation: str = 'relu', final_activation: bool = False) -> nn.Module:
+    """MLP ``layer_sizes[0] -> ... -> layer_sizes[-1]``: Linear layers with ``activation`` between them.
+
+    Input ``[B, layer_sizes[0]]``, output ``[B, layer_sizes[-1]]``. The swiss-roll model is
+    ``layer_sizes=[3, 6, 6, 6]`` with ReLU.
+    """
+    sizes = [int(s) for s in layer_sizes]
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise InputError(
+            f'layer_sizes: need at least two positive sizes (input and output), got {list(layer_sizes)}'
+        )
+    if activation not in _ACTIVATIONS:
+        raise InputError(f"activation: unknown value {activation!r}; use one of {sorted(_ACTIVATIONS)}")
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def build_model(spec: Dict[str, Any], seed: int = None) -> nn.Module:
+    """Build ``spec = {"builder": name, "kwargs": {...}}``; ``seed`` fixes the random init."""
+    if not isinstance(spec, dict) or 'builder' not in spec:
+        raise InputError(f'model: expected a spec like {{"builder": "mlp", "kwargs": {{...}}}}, got {spec!r}')
+    name = spec['builder']
+    if name not in MODEL_BUILDERS:
+        raise InputError(f'model.builder: unknown builder {name!r}; use one of {sorted(MODEL_BUILDERS)}')
+    kwargs = dict(spec.get('kwargs') or {})
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        model = MODEL_BUILDERS[name](**kwargs)
+    except TypeError as e:
+        raise InputError(f'model.kwargs: {e} (builder {name!r})') from e
+    setattr(model, SPEC_ATTRIBUTE, {'builder': name, 'kwargs': kwargs})
+    return model
+
+
+def model_spec(model: nn.Module) -> Dict[str, Any]:
+    """The builder spec a model was built from; InputError if it was not built by :func:`build_model`."""
+    spec = getattr(model, SPEC_ATTRIBUTE, None)
+    if spec is None:
+        raise InputError(
+            'model: this module has no builder spec, so it cannot be rebuilt without pickle; '
+            'build it with executors.build_model({"builder": ..., "kwargs": ...}) or register a builder'
+        )
+    return spec

@@ -1,0 +1,85 @@
+"""Serving-side model versions: the active one that embeds traffic, and a prepared candidate.
+
+A swap is ``prepare(v)`` (load v beside the active version), re-embedding the stored docs
+with v, then ``activate(v)``. Between the two, :meth:`VersionedEncoder.embed_both` embeds
+new documents with both versions so the next index generation stays complete.
+"""
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from torch import nn
+
+from executors.errors import InputError
+from executors.models.store import ModelStore
+from executors.tuner.trainer import embed
+
+
+class VersionedEncoder:
+    """Embeds with versions of ``model_name`` from ``store``."""
+
+    def __init__(self, store: ModelStore, model_name: str, batch_size: int = 256, device: str = 'cpu'):
+        self.store, self.model_name, self.batch_size, self.device = store, model_name, batch_size, device
+        self._lock = threading.RLock()
+        self._models: Dict[int, nn.Module] = {}
+        self.active_version: Optional[int] = None
+        self.candidate_version: Optional[int] = None
+
+    def _load(self, version: Optional[int]) -> int:
+        resolved = self.store.resolve(self.model_name, version)
+        if resolved.version not in self._models:
+            model, _ = self.store.load(self.model_name, resolved.version)
+            self._models[resolved.version] = model.to(self.device)
+        return resolved.version
+
+    def ensure_active(self) -> int:
+        """Load the store's current version if nothing is active yet; returns the active version."""
+        with self._lock:
+            if self.active_version is None:
+                self.active_version = self._load(None)
+            return self.active_version
+
+    def prepare(self, version: Optional[int] = None) -> int:
+        """Load ``version`` (default: the store's current) as the swap candidate."""
+        with self._lock:
+            self.ensure_active()
+            loaded = self._load(version)
+            if loaded == self.active_version:
+                raise InputError(f'version: {loaded} is already the active version; publish or name another one')
+            self.candidate_version = loaded
+            return loaded
+
+    def activate(self, version: int) -> int:
+        """Make the prepared candidate ``version`` active and unload the old one."""
+        with self._lock:
+            if version != self.candidate_version:
+                raise InputError(f'version: {version} is not the prepared candidate '
+                                 f'({self.candidate_version}); call /model/prepare first')
+            old, self.active_version, self.candidate_version = self.active_version, version, None
+            self._models.pop(old, None)
+            return version
+
+    def embed(self, contents: List[Any], version: Optional[int] = None) -> Tuple[np.ndarray, int]:
+        """``(embeddings [N, D], version)`` with ``version`` (default: the active one)."""
+        with self._lock:
+            version = self.ensure_active() if version is None else version
+            if version not in (self.active_version, self.candidate_version):
+                raise InputError(f'version: model version {version} is neither active ({self.active_version}) '
+                                 f'nor prepared ({self.candidate_version})')
+            model = self._models[version]
+        return embed(contents, model, batch_size=self.batch_size, device=self.device), version
+
+    def embed_both(self, contents: List[Any]):
+        """``(active embeddings, active version, candidate embeddings or None, candidate version or None)``."""
+        with self._lock:
+            candidate = self.candidate_version
+        vectors, version = self.embed(contents)
+        if candidate is None:
+            return vectors, version, None, None
+        candidate_vectors, _ = self.embed(contents, candidate)
+        return vectors, version, candidate_vectors, candidate
+
+    def status(self) -> Dict[str, Any]:
+        return {'model_name': self.model_name, 'active_version': self.active_version,
+                'candidate_version': self.candidate_version,
+                'store_current_version': self.store.current_version(self.model_name)}

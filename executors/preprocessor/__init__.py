@@ -1,0 +1,3 @@
+from executors.preprocessor.executor import Preprocessor
+
+__all__ = ['Preprocessor']

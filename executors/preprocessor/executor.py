@@ -1,0 +1,66 @@
+"""Preprocessor: raw content (vector, image, mesh, text) -> model input in ``doc.tensor``."""
+from typing import Dict, List, Optional
+
+from jina import Executor, requests
+
+from executors.errors import InputError
+from executors.parameters import require_docs, validate_parameters
+from executors.preprocessing import build_preprocessing
+from executors.schema import Doc, DocList
+
+PREPROCESSED_ENDPOINTS = ['/train', '/index', '/search', '/evaluate']
+
+
+class Preprocessor(Executor):
+    """Applies a preprocessing spec (see :mod:`executors.preprocessing`) to every doc.
+
+    ``preprocessing``: e.g. ``{'modality': 'vector', 'dim': 3}`` or ``{'modality': 'mesh',
+    'num_points': 1024}``; ``data_root``: directory that ``uri``s are resolved in (a uri
+    escaping it is rejected), default the executor's workspace; ``endpoints``: serve only these
+    of ``/train``, ``/index``, ``/search``, ``/evaluate`` (Jina requires every endpoint an
+    executor serves to be served by the next executor in the Flow too).
+    """
+
+    def __init__(self, preprocessing: Optional[Dict] = None, data_root: Optional[str] = None,
+                 endpoints: Optional[List[str]] = None, **kwargs):
+        super().__init__(**kwargs)
+        if endpoints is not None:
+            unknown = set(endpoints) - set(PREPROCESSED_ENDPOINTS)
+            if unknown:
+                raise InputError(f'endpoints: {sorted(unknown)} not served; choose from {PREPROCESSED_ENDPOINTS}')
+            for endpoint in set(PREPROCESSED_ENDPOINTS) - set(endpoints):
+                del self.requests[endpoint]
+        spec = dict(preprocessing or {'modality': 'vector'})
+        root = data_root or self.workspace
+        if root and spec.get('modality') in ('image', 'mesh'):
+            spec.setdefault('root', root)
+        self.pipeline = build_preprocessing(spec)
+
+    def _apply(self, endpoint: str, docs: DocList[Doc], parameters: Dict) -> DocList[Doc]:
+        validate_parameters(endpoint, parameters)
+        require_docs(endpoint, docs)
+        for i, doc in enumerate(docs):
+            fields = {'tensor': doc.tensor, 'uri': doc.uri, 'text': doc.text, 'blob': None}
+            try:
+                result = self.pipeline.apply(fields)
+            except ValueError as e:
+                raise type(e)(f'docs[{i}] (id {doc.id!r}): {e}') from e
+            if not isinstance(result, dict):  # text stays text: the text model tokenizes it
+                doc.tensor = result
+        return docs
+
+    @requests(on='/train')
+    def train(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        return self._apply('/train', docs, parameters)
+
+    @requests(on='/index')
+    def index(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        return self._apply('/index', docs, parameters)
+
+    @requests(on='/search')
+    def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        return self._apply('/search', docs, parameters)
+
+    @requests(on='/evaluate')
+    def evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        return self._apply('/evaluate', docs, parameters)

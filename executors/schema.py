@@ -1,0 +1,78 @@
+"""The document types every executor reads and writes (docarray v2).
+
+One schema for the whole pipeline, so each Flow's executors agree on it and it round-trips
+through Jina's HTTP JSON and gRPC protobuf:
+
+* ``Doc``: one item (a vector, a text, an image or a mesh by ``uri``) with its label,
+  its model input (``tensor``), its embedding and the model version that made it, and
+  its search results in ``matches``.
+* ``Match``: one search result: the stored document's id, label, text/uri, tags and score.
+* ``Report``: a key/value answer (status, metrics, model versions).
+
+Labels live in the typed ``label`` field; the old Finetuner's ``tags['finetuner_label']``
+is accepted on input (see :func:`doc_label`).
+"""
+from typing import Any, Dict, List, Optional
+
+from docarray import BaseDoc, DocList
+from docarray.typing import NdArray
+
+LEGACY_LABEL_TAG = 'finetuner_label'
+
+
+class Match(BaseDoc):
+    """A search result: ``score`` is the similarity (higher is closer)."""
+
+    score: Optional[float] = None
+    label: Optional[str] = None
+    text: Optional[str] = None
+    uri: Optional[str] = None
+    tags: Dict[str, Any] = {}
+
+
+class Doc(BaseDoc):
+    """One item: raw content (``text``/``uri``/``tensor``), ``label``, model input, embedding.
+
+    ``tensor`` holds the raw vector on input and the model input after the Preprocessor
+    (e.g. ``[3, H, W]`` for images, ``[N, 3]`` for point clouds). ``embedding`` is ``[D]``
+    and ``model_version`` names the model version that computed it. While a model swap is
+    being prepared the Encoder also fills ``candidate_embedding``/``candidate_version`` with
+    the next version's embedding, so the Indexer's next generation stays complete.
+    """
+
+    text: Optional[str] = None
+    uri: Optional[str] = None
+    tensor: Optional[NdArray] = None
+    label: Optional[str] = None
+    tags: Dict[str, Any] = {}
+    embedding: Optional[NdArray] = None
+    model_version: Optional[int] = None
+    candidate_embedding: Optional[NdArray] = None
+    candidate_version: Optional[int] = None
+    matches: List[Match] = []
+
+
+class Report(BaseDoc):
+    """A structured answer of a control endpoint (``/status``, ``/evaluate``, ...)."""
+
+    data: Dict[str, Any] = {}
+
+
+def doc_label(doc: Doc) -> Optional[str]:
+    """The doc's label: ``doc.label``, else the legacy ``tags['finetuner_label']`` as a string."""
+    if doc.label is not None:
+        return doc.label
+    legacy = doc.tags.get(LEGACY_LABEL_TAG)
+    if legacy is None:
+        return None
+    if isinstance(legacy, float) and legacy.is_integer():
+        legacy = int(legacy)  # gRPC's Struct turns every number into a float
+    return str(legacy)
+
+
+def report(data: Dict[str, Any]) -> DocList[Report]:
+    """A one-document answer holding ``data``."""
+    return DocList[Report]([Report(data=data)])
+
+
+__all__ = ['Doc', 'DocList', 'LEGACY_LABEL_TAG', 'Match', 'Report', 'doc_label', 'report']

@@ -1,0 +1,60 @@
+"""Hot-swap the search flow to a new model version without a restart.
+
+Steps (each a request to the running search flow)::
+
+    /model/prepare  {version}   Encoder loads v beside the active model; Indexer opens generation v;
+                                from now on /index docs are embedded by both versions
+    /model/missing  {version}   Indexer returns stored docs that generation v lacks ...
+    /model/reindex  {version}   ... the Encoder embeds them with v, the Indexer adds them to generation v
+                                (repeated until nothing is missing)
+    /model/activate {version}   Encoder embeds queries with v; Indexer serves v and drops the old generation
+
+Queries keep being answered throughout, each from the generation of the version that
+embedded it. Run ``python -m executors.swap --port 54620`` after a fit has published.
+"""
+import argparse
+import json
+import sys
+from typing import Any, Dict, Optional
+
+from executors.schema import Doc, DocList, Report
+
+
+def hot_swap(client, version: Optional[int] = None, batch_size: int = 256, progress=None) -> Dict[str, Any]:
+    """Swap the flow behind ``client`` (a ``jina.Client``) to ``version`` (default: the store's
+    current); returns the final status report."""
+    prepared = client.post('/model/prepare', parameters={} if version is None else {'version': version},
+                           return_type=DocList[Report])
+    version = int(prepared[0].data['version'])
+    reindexed = 0
+    while True:
+        missing = client.post('/model/missing', parameters={'version': version, 'limit': batch_size},
+                              return_type=DocList[Doc])
+        if len(missing) == 0:
+            break
+        result = client.post('/model/reindex', missing, parameters={'version': version},
+                             return_type=DocList[Report])
+        reindexed += int(result[0].data['reindexed'])
+        if progress:
+            progress(reindexed, int(result[0].data['missing']))
+    activated = client.post('/model/activate', parameters={'version': version}, return_type=DocList[Report])
+    return {**activated[0].data, 'reindexed': reindexed}
+
+
+def main(argv=None) -> int:
+    from jina import Client
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--host', default='localhost')
+    parser.add_argument('--port', type=int, default=54620, help='the search flow gRPC port')
+    parser.add_argument('--version', type=int, default=None, help='default: the model store current version')
+    args = parser.parse_args(argv)
+    client = Client(host=args.host, port=args.port)
+    result = hot_swap(client, args.version,
+                      progress=lambda done, left: print(f'reindexed {done}, {left} left', file=sys.stderr))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

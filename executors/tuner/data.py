@@ -1,0 +1,163 @@
+"""Training data: detect its kind and turn it into model inputs with integer labels.
+
+Three kinds, as in the old Finetuner; a mix of kinds in one dataset is an error:
+
+* class data: every item has a label (``doc.label`` or ``tags['finetuner_label']``);
+* session data: a query doc whose ``matches`` are labelled ``+1`` (relevant) or ``-1``;
+* instance data: no labels at all; each item becomes its own class and two views of it
+  are made by ``preprocess_fn`` (which should augment randomly), i.e. self-supervised.
+
+Accepted inputs: a sequence of :class:`executors.schema.Doc` (or any objects with the same
+fields) or a tuple ``(inputs, labels)`` of arrays / lists of equal length.
+
+Session data is reduced to labels: a query and its ``+1`` matches share one label, every
+``-1`` match gets a label of its own, so any class-data loss applies (negatives from other
+sessions in the batch act as extra negatives, as in-batch negatives do).
+"""
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+
+from executors.errors import InputError
+from executors.schema import LEGACY_LABEL_TAG, doc_label
+
+CLASS, SESSION, INSTANCE = 'class', 'session', 'instance'
+
+
+@dataclass
+class LabeledItems:
+    """``contents[i]`` (raw model input: array, text or uri) with class id ``labels[i]``."""
+
+    kind: str
+    contents: List[Any]
+    labels: np.ndarray  # int64 [N]
+    label_names: List[str]
+    views_per_item: int = 1  # instance data: 2 augmented views per item
+
+    def __len__(self) -> int:
+        return len(self.contents)
+
+
+def doc_content(doc) -> Any:
+    """A doc's model input: ``tensor`` if set, else ``text``, else ``uri``."""
+    for field in ('tensor', 'text', 'uri'):
+        value = getattr(doc, field, None)
+        if value is not None:
+            return np.asarray(value) if field == 'tensor' else value
+    raise InputError(f'docs[{getattr(doc, "id", "?")}]: has no tensor, text or uri to train on; set one of them')
+
+
+def _match_target(match) -> Optional[int]:
+    value = match.label if getattr(match, 'label', None) is not None else match.tags.get(LEGACY_LABEL_TAG)
+    if value is None:
+        return None
+    try:
+        target = int(float(value))
+    except (TypeError, ValueError):
+        target = None
+    if target not in (1, -1):
+        raise InputError(f'matches[{match.id}].label: session matches are labelled +1 or -1, got {value!r}')
+    return target
+
+
+def detect_kind(docs: Sequence) -> str:
+    """``'class'``, ``'session'`` or ``'instance'``; InputError for an empty set or a mix."""
+    if len(docs) == 0:
+        raise InputError('train_data: is empty; send at least two labelled items')
+    kinds = set()
+    for doc in docs:
+        if getattr(doc, 'matches', None):
+            kinds.add(SESSION)
+        elif doc_label(doc) is not None:
+            kinds.add(CLASS)
+        else:
+            kinds.add(INSTANCE)
+    if len(kinds) > 1:
+        raise InputError(
+            f'train_data: mixes {" and ".join(sorted(kinds))} data; use one kind per fit '
+            '(label every item, or give every query labelled matches, or label none)'
+        )
+    return kinds.pop()
+
+
+def _encode_labels(names: Sequence[str]):
+    label_names = sorted(set(names), key=lambda s: (len(s), s))
+    index = {name: i for i, name in enumerate(label_names)}
+    return np.asarray([index[n] for n in names], dtype=np.int64), label_names
+
+
+def to_labeled_items(data, require_classes: int = 2) -> LabeledItems:
+    """Normalise ``data`` (docs or ``(inputs, labels)``) into :class:`LabeledItems`.
+
+    ``require_classes``: class data with fewer distinct labels is rejected, since metric
+    learning needs negatives.
+    """
+    if isinstance(data, tuple) and len(data) == 2:
+        inputs, labels = data
+        if len(inputs) != len(labels):
+            raise InputError(f'train_data: {len(inputs)} inputs but {len(labels)} labels; pass one label per input')
+        contents = list(inputs)
+        ids, names = _encode_labels([str(x) for x in (labels.tolist() if hasattr(labels, 'tolist') else labels)])
+        items = LabeledItems(CLASS, contents, ids, names)
+    else:
+        docs = list(data)
+        kind = detect_kind(docs)
+        if kind == CLASS:
+            ids, names = _encode_labels([doc_label(d) for d in docs])
+            items = LabeledItems(CLASS, [doc_content(d) for d in docs], ids, names)
+        elif kind == INSTANCE:
+            contents = [doc_content(d) for d in docs]
+            items = LabeledItems(INSTANCE, contents, np.arange(len(docs), dtype=np.int64),
+                                 [str(getattr(d, 'id', i)) for i, d in enumerate(docs)], views_per_item=2)
+        else:
+            contents, names = [], []
+            for doc in docs:
+                contents.append(doc_content(doc))
+                names.append(f'{doc.id}')
+                for match in doc.matches:
+                    target = _match_target(match)
+                    if target is None:
+                        raise InputError(f'matches[{match.id}].label: missing; label each match +1 or -1')
+                    contents.append(doc_content(match))
+                    names.append(f'{doc.id}' if target == 1 else f'{doc.id}/neg/{match.id}')
+            ids, label_names = _encode_labels(names)
+            items = LabeledItems(SESSION, contents, ids, label_names)
+    if items.kind == CLASS and len(items.label_names) < require_classes:
+        raise InputError(
+            f'train_data: has {len(items.label_names)} class(es) {items.label_names[:5]}; '
+            f'metric learning needs at least {require_classes} labels so that negatives exist'
+        )
+    return items
+
+
+def default_collate(inputs: List[Any]):
+    """Stack arrays/tensors into one float tensor ``[B, ...]``; strings stay a list; dicts per key."""
+    import torch
+
+    first = inputs[0]
+    if isinstance(first, str):
+        return list(inputs)
+    if isinstance(first, dict):
+        return {k: default_collate([x[k] for x in inputs]) for k in first}
+    if isinstance(first, torch.Tensor):
+        return torch.stack(inputs)
+    arrays = [np.asarray(x) for x in inputs]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputError(f'tensor: items have different shapes {sorted(shapes)[:3]}; preprocess them to one shape')
+    batch = torch.from_numpy(np.stack(arrays))
+    return batch.float() if batch.is_floating_point() else batch
+
+
+def make_batch(items: LabeledItems, indices: Sequence[int], preprocess_fn: Optional[Callable],
+               collate_fn: Optional[Callable]):
+    """``(model_input_batch, labels[B])`` for the given item indices (2 views each for instance data)."""
+    import torch
+
+    indices = [i for i in indices for _ in range(items.views_per_item)]
+    contents = [items.contents[i] for i in indices]
+    if preprocess_fn is not None:
+        contents = [preprocess_fn(c) for c in contents]
+    batch = (collate_fn or default_collate)(contents)
+    return batch, torch.from_numpy(items.labels[indices])

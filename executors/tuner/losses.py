@@ -1,0 +1,288 @@
+"""Metric-learning losses, each called as ``loss(embeddings [B, D] float, labels [B] int) -> scalar``.
+
+Shared behaviour:
+
+* inputs are validated (:func:`~executors.tuner.miners.check_batch`): embeddings 2-D float, labels 1-D
+  integer of the same length and device, else :class:`InputError`;
+* the loss is computed in the embeddings' dtype (float32 / float64), with float16 / bfloat16 upcast to
+  float32 and autocast disabled inside the loss;
+* a batch without any term the loss is defined on (e.g. no valid triplet) gives ``embeddings.sum() * 0``:
+  a zero that keeps the autograd graph, so ``backward()`` still works (zero gradients);
+* ``s(x, y)`` is cosine similarity, ``d(x, y)`` the loss's ``distance``
+  (see :mod:`executors.tuner.distances`).
+
+:func:`get_loss` builds a loss from its class name.
+"""
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from executors.errors import InputError
+from executors.tuner.distances import check_distance, pairwise_distance
+from executors.tuner.miners import AllPairsMiner, AllTripletsMiner, check_batch
+
+
+def _check_number(value, field: str, minimum: float = None, above: float = None, below: float = None) -> float:
+    """``value`` as float if it is a real number ``>= minimum``, ``> above`` and ``< below`` (where given)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise InputError(f'{field}: expected a number, got {value!r}')
+    if (minimum is not None and value < minimum) or (above is not None and value <= above) \
+            or (below is not None and value >= below):
+        bounds = [f'>= {minimum}' if minimum is not None else '', f'> {above}' if above is not None else '',
+                  f'< {below:.4g}' if below is not None else '']
+        raise InputError(f'{field}: must be {" and ".join(b for b in bounds if b)}, got {value!r}')
+    return float(value)
+
+
+def _check_positive_int(value, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f'{field}: must be a positive integer, got {value!r}')
+    return value
+
+
+def _zero(embeddings: Tensor) -> Tensor:
+    """A zero loss that keeps the graph to ``embeddings``."""
+    return embeddings.sum() * 0
+
+
+def _cosine_similarity(embeddings: Tensor, others: Tensor = None) -> Tensor:
+    """``[N, M]`` cosine similarities of the rows of ``embeddings`` with those of ``others`` (itself if None)."""
+    normalized = F.normalize(embeddings, dim=1)
+    return normalized @ (normalized if others is None else F.normalize(others, dim=1)).T
+
+
+def _positive_mask(labels: Tensor) -> Tensor:
+    """``[B, B]`` bool: same label, off the diagonal."""
+    same = labels[:, None] == labels[None, :]
+    return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+
+
+def _log1p_sum_exp(values: Tensor, mask: Tensor) -> Tensor:
+    """Per row, ``log(1 + sum_{j in mask} exp(values_j))``, computed stably; ``[B, M] -> [B]``."""
+    padded = torch.cat([values.new_zeros(len(values), 1), values.masked_fill(~mask, -torch.inf)], dim=1)
+    return torch.logsumexp(padded, dim=1)
+
+
+class BatchLoss(nn.Module):
+    """Base class: validates ``(embeddings, labels)``, upcasts half precision, disables autocast and
+    calls :meth:`compute`."""
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        check_batch(embeddings, labels)
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(embeddings, labels)
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class SiameseLoss(BatchLoss):
+    """Contrastive loss (Hadsell et al. 2006, unsquared form as in the old Finetuner and
+    pytorch-metric-learning's ``ContrastiveLoss``), the project's default loss::
+
+        loss = mean over mined pairs (i, j) of  y_ij * d(i, j) + (1 - y_ij) * max(0, margin - d(i, j))
+
+    ``y_ij = 1`` for a positive pair (same label), 0 for a negative pair; the mean runs over positive and
+    negative pairs together. ``miner(embeddings, labels) -> (pos_i, pos_j, neg_i, neg_j)``, by default
+    :class:`AllPairsMiner` (every unordered pair once). Needs ``B >= 2``; no pair gives the graph-keeping zero.
+    """
+
+    def __init__(self, margin: float = 1.0, distance: str = 'cosine', miner=None):
+        super().__init__()
+        self.margin = _check_number(margin, 'margin', minimum=0)
+        self.distance = check_distance(distance)
+        self.miner = AllPairsMiner(distance) if miner is None else miner
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        pos_i, pos_j, neg_i, neg_j = self.miner(embeddings, labels)
+        is_positive = torch.cat([torch.ones_like(pos_i, dtype=torch.bool), torch.zeros_like(neg_i, dtype=torch.bool)])
+        return self.pair_loss(embeddings, torch.cat([pos_i, neg_i]), torch.cat([pos_j, neg_j]), is_positive)
+
+    def pair_loss(self, embeddings: Tensor, first: Tensor, second: Tensor, is_positive: Tensor) -> Tensor:
+        """The loss over explicit pairs ``(first[k], second[k])``, ``is_positive [K]`` bool (e.g. from
+        :class:`~executors.tuner.miners.SessionMiner`: ``target > 0``)."""
+        if len(first) == 0:
+            return _zero(embeddings)
+        dist = pairwise_distance(embeddings, distance=self.distance)[first, second]
+        return torch.where(is_positive, dist, F.relu(self.margin - dist)).mean()
+
+
+class TripletLoss(BatchLoss):
+    """Triplet margin loss::
+
+        loss = mean over mined triplets (a, p, n) of  max(0, d(a, p) - d(a, n) + margin)
+
+    ``miner(embeddings, labels) -> (anchor, positive, negative)``, by default :class:`AllTripletsMiner`.
+    Needs a label with two items and another label; no triplet gives the graph-keeping zero.
+    """
+
+    def __init__(self, margin: float = 1.0, distance: str = 'cosine', miner=None):
+        super().__init__()
+        self.margin = _check_number(margin, 'margin', minimum=0)
+        self.distance = check_distance(distance)
+        self.miner = AllTripletsMiner(distance) if miner is None else miner
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return self.triplet_loss(embeddings, *self.miner(embeddings, labels))
+
+    def triplet_loss(self, embeddings: Tensor, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        """The loss over explicit triplets (e.g. from :class:`~executors.tuner.miners.SessionMiner`)."""
+        if len(anchor) == 0:
+            return _zero(embeddings)
+        dist = pairwise_distance(embeddings, distance=self.distance)
+        return F.relu(dist[anchor, positive] - dist[anchor, negative] + self.margin).mean()
+
+
+class NTXentLoss(BatchLoss):
+    """Normalised-temperature cross entropy, supervised-contrastive form (Khosla et al. 2020, ``L_out``)::
+
+        loss_i = -1/|P(i)| * sum_{p in P(i)} log( exp(s(i, p) / t) / sum_{k != i} exp(s(i, k) / t) )
+        loss   = mean of loss_i over anchors i with at least one positive
+
+    ``P(i)``: the other items with ``i``'s label; the denominator runs over every other item of the
+    batch (positives included). With exactly two items per label this is SimCLR's NT-Xent. No anchor
+    with a positive gives the graph-keeping zero.
+    """
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        self.temperature = _check_number(temperature, 'temperature', above=0)
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        positives = _positive_mask(labels)
+        has_positive = positives.any(1)
+        if not has_positive.any():
+            return _zero(embeddings)
+        self_mask = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        logits = (_cosine_similarity(embeddings) / self.temperature).masked_fill(self_mask, -torch.inf)
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        per_anchor = -log_prob.masked_fill(~positives, 0).sum(1) / positives.sum(1).clamp_min(1)
+        return per_anchor[has_positive].mean()
+
+
+class MultipleNegativesRankingLoss(BatchLoss):
+    """Multiple-negatives ranking loss (Henderson et al. 2017; sentence-transformers) for pairs with
+    in-batch negatives.
+
+    The batch holds pairs: every label occurs exactly twice (else :class:`InputError`); its first
+    occurrence is the anchor ``a_k``, its second the positive ``p_k``. With ``K`` pairs::
+
+        loss = mean_k  -log( exp(scale * s(a_k, p_k)) / sum_{l=1..K} exp(scale * s(a_k, p_l)) )
+
+    i.e. cross entropy of each anchor against every positive of the batch. An empty batch gives the
+    graph-keeping zero.
+    """
+
+    def __init__(self, scale: float = 20.0):
+        super().__init__()
+        self.scale = _check_number(scale, 'scale', above=0)
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if len(labels) == 0:
+            return _zero(embeddings)
+        values, pair_of_item, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        if (counts != 2).any():
+            wrong = (counts != 2).nonzero(as_tuple=True)[0][0]
+            raise InputError(f'labels: MultipleNegativesRankingLoss expects each label exactly twice (anchor, '
+                             f'positive); label {values[wrong].item()} occurs {counts[wrong].item()} time(s). '
+                             'Sample two items per label')
+        anchor, positive = torch.argsort(pair_of_item, stable=True).view(-1, 2).unbind(1)
+        logits = self.scale * _cosine_similarity(embeddings[anchor], embeddings[positive])
+        return F.cross_entropy(logits, torch.arange(len(anchor), device=labels.device))
+
+
+class ArcFaceLoss(BatchLoss):
+    """Additive angular margin loss (Deng et al. 2019) with learnable class weights ``weight [C, D]``::
+
+        cos_ic = s(x_i, w_c),  theta_i = arccos(cos_i,y_i)
+        target logit: cos(theta_i + margin) if theta_i <= pi - margin, else cos_i,y_i - margin * sin(margin)
+        loss = mean_i cross_entropy(scale * [cos_ic with the target logit at c = y_i], y_i)
+
+    The fallback past ``pi - margin`` keeps the target logit decreasing in ``theta`` (as insightface and
+    pytorch-metric-learning do). Labels must lie in ``[0, num_classes)`` and embeddings have
+    ``embedding_dim`` columns, else :class:`InputError`. An empty batch gives the graph-keeping zero.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 64.0):
+        super().__init__()
+        self.num_classes = _check_positive_int(num_classes, 'num_classes')
+        self.embedding_dim = _check_positive_int(embedding_dim, 'embedding_dim')
+        self.margin = _check_number(margin, 'margin', minimum=0, below=math.pi)
+        self.scale = _check_number(scale, 'scale', above=0)
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.normal_(self.weight)
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if embeddings.shape[1] != self.embedding_dim:
+            raise InputError(f'embeddings: ArcFaceLoss was built for embedding_dim={self.embedding_dim}, got '
+                             f'{embeddings.shape[1]} columns; set embedding_dim to the model output size')
+        if len(labels) == 0:
+            return _zero(embeddings)
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise InputError(f'labels: ArcFaceLoss expects class ids in [0, {self.num_classes}), got values in '
+                             f'[{labels.min().item()}, {labels.max().item()}]; map labels to 0..num_classes-1')
+        labels = labels.long()
+        cosine = _cosine_similarity(embeddings, self.weight.to(embeddings.dtype))
+        target_cos = cosine.gather(1, labels[:, None]).clamp(-1, 1)
+        target_sin = (1 - target_cos ** 2).clamp_min(1e-12).sqrt()
+        with_margin = torch.where(target_cos >= math.cos(math.pi - self.margin),
+                                  target_cos * math.cos(self.margin) - target_sin * math.sin(self.margin),
+                                  target_cos - self.margin * math.sin(self.margin))
+        logits = self.scale * cosine.scatter(1, labels[:, None], with_margin)
+        return F.cross_entropy(logits, labels)
+
+
+class MultiSimilarityLoss(BatchLoss):
+    """Multi-similarity loss (Wang et al. 2019), the weighting term only (no pair-mining step)::
+
+        loss_i = 1/alpha * log(1 + sum_{p in P(i)} exp(-alpha * (s(i, p) - base)))
+               + 1/beta  * log(1 + sum_{n in N(i)} exp( beta  * (s(i, n) - base)))
+        loss   = mean of loss_i over all B anchors
+
+    ``P(i)``: other items with ``i``'s label, ``N(i)``: items with another label (an empty set adds 0).
+    Fewer than two items give the graph-keeping zero.
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5):
+        super().__init__()
+        self.alpha = _check_number(alpha, 'alpha', above=0)
+        self.beta = _check_number(beta, 'beta', above=0)
+        self.base = _check_number(base, 'base')
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if len(labels) < 2:
+            return _zero(embeddings)
+        similarity = _cosine_similarity(embeddings)
+        negatives = labels[:, None] != labels[None, :]
+        pos_term = _log1p_sum_exp(-self.alpha * (similarity - self.base), _positive_mask(labels)) / self.alpha
+        neg_term = _log1p_sum_exp(self.beta * (similarity - self.base), negatives) / self.beta
+        return (pos_term + neg_term).mean()
+
+
+LOSSES = {cls.__name__: cls for cls in (SiameseLoss, TripletLoss, NTXentLoss, MultipleNegativesRankingLoss,
+                                        ArcFaceLoss, MultiSimilarityLoss)}
+
+
+def get_loss(name_or_instance, **kwargs) -> nn.Module:
+    """A loss module from its class name in :data:`LOSSES` and constructor ``kwargs``, or an already
+    built ``nn.Module`` returned as is (then ``kwargs`` must be empty)."""
+    if isinstance(name_or_instance, nn.Module):
+        if kwargs:
+            raise InputError(f'loss: got a built {type(name_or_instance).__name__} and settings {sorted(kwargs)}; '
+                             'pass either a loss name with settings or a built loss')
+        return name_or_instance
+    if not isinstance(name_or_instance, str) or name_or_instance not in LOSSES:
+        raise InputError(f'loss: unknown loss {name_or_instance!r}; use one of {", ".join(LOSSES)} '
+                         'or pass a torch.nn.Module')
+    loss_class = LOSSES[name_or_instance]
+    try:
+        inspect.signature(loss_class).bind(**kwargs)
+    except TypeError as error:
+        settings = ', '.join(inspect.signature(loss_class).parameters)
+        raise InputError(f'loss: bad settings for {name_or_instance} ({error}); its settings are {settings}') from None
+    return loss_class(**kwargs)

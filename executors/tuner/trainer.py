@@ -1,0 +1,329 @@
+"""The training loop behind :func:`fit`, and :func:`embed`.
+
+``fit`` tunes any ``torch.nn.Module`` mapping a batch of inputs to embeddings ``[B, D]``
+with a metric-learning loss ``loss(embeddings [B, D], labels [B]) -> scalar``.
+"""
+import contextlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from executors.errors import InputError
+from executors.tuner.callbacks import Callback, ProgressBar
+from executors.tuner.data import LabeledItems, default_collate, make_batch, to_labeled_items
+
+OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD,
+              'rmsprop': torch.optim.RMSprop}
+SCHEDULER_STEPS = ('batch', 'epoch')
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainingState:
+    """What callbacks read (and ``stop_training``, which they may set)."""
+
+    num_epochs: int
+    epoch: int = 0
+    num_batches: int = 0
+    batch_index: int = 0
+    current_loss: float = math.nan
+    train_loss: float = math.nan      # mean over the last train epoch
+    val_loss: float = math.nan        # mean over the last validation pass
+    metrics: Dict[str, float] = field(default_factory=dict)   # last epoch: train_loss, val_loss, retrieval metrics
+    history: List[Dict[str, float]] = field(default_factory=list)  # one ``metrics`` dict per epoch
+    stop_training: bool = False
+
+
+class Tuner:
+    """Holds model, optimiser, data and callbacks for one fit; see :func:`fit`."""
+
+    def __init__(self, model: nn.Module, train_items: LabeledItems, eval_items: Optional[LabeledItems], *,
+                 loss: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scheduler_step: str,
+                 epochs: int, batch_size: int, num_items_per_class: Optional[int], device: torch.device,
+                 preprocess_fn, collate_fn, callbacks: List[Callback], seed: Optional[int],
+                 gradient_accumulation_steps: int, max_grad_norm: Optional[float], mixed_precision: bool,
+                 eval_k: int, eval_distance: str):
+        self.model, self.train_items, self.eval_items = model, train_items, eval_items
+        self.loss, self.optimizer, self.scheduler, self.scheduler_step = loss, optimizer, scheduler, scheduler_step
+        self.batch_size, self.device = batch_size, device
+        self.preprocess_fn, self.collate_fn, self.callbacks = preprocess_fn, collate_fn, callbacks
+        self.seed = seed
+        self.gradient_accumulation_steps, self.max_grad_norm = gradient_accumulation_steps, max_grad_norm
+        self.mixed_precision = mixed_precision
+        self.eval_k, self.eval_distance = eval_k, eval_distance
+        self.sampler = _make_sampler(train_items, batch_size, num_items_per_class, seed)
+        self.state = TrainingState(num_epochs=epochs)
+        self.start_epoch = 0
+        self.scaler = torch.amp.GradScaler('cuda') if (mixed_precision and device.type == 'cuda') else None
+
+    def _hook(self, name: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, name)(self, *args)
+
+    def _autocast(self):
+        if not self.mixed_precision:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _to_device(self, batch):
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch
+
+    def _forward_loss(self, indices: Sequence[int]) -> torch.Tensor:
+        inputs, labels = make_batch(self.train_items, indices, self.preprocess_fn, self.collate_fn)
+        with self._autocast():
+            embeddings = self.model(self._to_device(inputs))
+        return self.loss(embeddings.float(), labels.to(self.device))
+
+    def _train_epoch(self) -> None:
+        state = self.state
+        self.model.train()
+        self.sampler.set_epoch(state.epoch)
+        state.num_batches = len(self.sampler)
+        self._hook('on_train_epoch_begin')
+        losses = []
+        self.optimizer.zero_grad(set_to_none=True)
+        for state.batch_index, indices in enumerate(self.sampler):
+            self._hook('on_train_batch_begin')
+            loss = self._forward_loss(indices)
+            scaled = loss / self.gradient_accumulation_steps
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            last = state.batch_index + 1 == state.num_batches
+            if (state.batch_index + 1) % self.gradient_accumulation_steps == 0 or last:
+                self._optimizer_step()
+            state.current_loss = float(loss.detach())
+            losses.append(state.current_loss)
+            self._hook('on_train_batch_end')
+        if self.scheduler is not None and self.scheduler_step == 'epoch':
+            self.scheduler.step()
+        state.train_loss = float(np.mean(losses)) if losses else math.nan
+        self._hook('on_train_epoch_end')
+
+    def _optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and self.scheduler_step == 'batch':
+            self.scheduler.step()
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        from executors.metrics import evaluate_embeddings
+
+        state = self.state
+        self.model.eval()
+        self._hook('on_val_begin')
+        n = len(self.eval_items)
+        losses, embeddings = [], []
+        for start in range(0, n, self.batch_size):
+            self._hook('on_val_batch_begin')
+            indices = list(range(start, min(n, start + self.batch_size)))
+            inputs, labels = make_batch(self.eval_items, indices, None, self.collate_fn)
+            with self._autocast():
+                batch_embeddings = self.model(self._to_device(inputs)).float()
+            losses.append(float(self.loss(batch_embeddings, labels.to(self.device))))
+            embeddings.append(batch_embeddings.cpu().numpy())
+            self._hook('on_val_batch_end')
+        state.val_loss = float(np.mean(losses))
+        labels = self.eval_items.labels[::self.eval_items.views_per_item]
+        k = min(self.eval_k, n - 1)
+        state.metrics.update(evaluate_embeddings(np.concatenate(embeddings), labels, k=k,
+                                                 distance=self.eval_distance))
+        state.metrics['val_loss'] = state.val_loss
+        self._hook('on_val_end')
+
+    def run(self) -> nn.Module:
+        state = self.state
+        self.model.to(self.device)
+        try:
+            self._hook('on_fit_begin')
+            for state.epoch in range(self.start_epoch, state.num_epochs):
+                state.metrics = {}
+                self._hook('on_epoch_begin')
+                self._train_epoch()
+                state.metrics['train_loss'] = state.train_loss
+                if self.eval_items is not None:
+                    self._validate()
+                state.history.append({'epoch': state.epoch + 1, **state.metrics})
+                self._hook('on_epoch_end')
+                if state.stop_training:
+                    break
+            self._hook('on_fit_end')
+        except KeyboardInterrupt:
+            self._hook('on_keyboard_interrupt')
+            raise
+        except Exception as e:  # noqa: BLE001 - callbacks see every failure, then it propagates
+            self._hook('on_exception', e)
+            raise
+        self.model.eval()
+        return self.model
+
+
+def _make_sampler(items: LabeledItems, batch_size: int, num_items_per_class: Optional[int], seed):
+    from executors.tuner.samplers import ClassSampler, ShuffleSampler
+
+    if num_items_per_class is not None:
+        if items.views_per_item > 1:
+            raise InputError('num_items_per_class: applies to labelled data only, not to unlabelled instance data')
+        return ClassSampler(items.labels, batch_size, num_items_per_class, seed=seed)
+    per_batch = max(1, batch_size // items.views_per_item)
+    return ShuffleSampler(len(items.labels[::items.views_per_item]) if items.views_per_item > 1 else len(items),
+                          per_batch, seed=seed)
+
+
+def _make_optimizer(model, optimizer, optimizer_kwargs, learning_rate, configure_optimizer):
+    if configure_optimizer is not None:
+        if optimizer is not None:
+            raise InputError('optimizer: give either optimizer or configure_optimizer, not both')
+        result = configure_optimizer(model)
+        opt, sched = result if isinstance(result, tuple) else (result, None)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise InputError('configure_optimizer: must return an optimizer or (optimizer, scheduler), '
+                             f'got {type(result).__name__}')
+        return opt, sched
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer, None
+    name = (optimizer or 'adam').lower()
+    if name not in OPTIMIZERS:
+        raise InputError(f'optimizer: unknown {optimizer!r}; use one of {sorted(OPTIMIZERS)} or an Optimizer')
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError('model: has no trainable parameters (all frozen?); unfreeze some layers')
+    return OPTIMIZERS[name](params, lr=learning_rate, **(optimizer_kwargs or {})), None
+
+
+def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Module] = 'SiameseLoss',
+        loss_kwargs: Optional[Dict[str, Any]] = None, epochs: int = 10, batch_size: int = 256,
+        learning_rate: float = 1e-3, optimizer: Union[str, torch.optim.Optimizer, None] = None,
+        optimizer_kwargs: Optional[Dict[str, Any]] = None,
+        configure_optimizer: Optional[Callable] = None, scheduler_step: str = 'batch',
+        device: str = 'cpu', preprocess_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
+        num_items_per_class: Optional[int] = None, callbacks: Optional[List[Callback]] = None,
+        num_workers: int = 0, seed: Optional[int] = None, gradient_accumulation_steps: int = 1,
+        max_grad_norm: Optional[float] = None, mixed_precision: Optional[bool] = None,
+        eval_k: int = 10, eval_distance: str = 'cosine', progress_bar: bool = True,
+        resume_from=None) -> nn.Module:
+    """Tune ``model`` so that items with equal labels embed close together; returns the model.
+
+    ``train_data``/``eval_data``: docs or ``(inputs, labels)`` (see :mod:`executors.tuner.data`).
+    ``loss``: a loss name (``SiameseLoss`` by default) or module, called as ``loss(emb [B, D], labels [B])``.
+    ``configure_optimizer(model)`` may return an optimizer or ``(optimizer, scheduler)``; the
+    scheduler steps every batch or every epoch (``scheduler_step``).
+    ``num_items_per_class``: sample batches of ``batch_size // m`` classes with ``m`` items each.
+    ``preprocess_fn(content) -> input`` runs per item and batch (augmentation lives here);
+    ``collate_fn(list_of_inputs) -> batch`` builds the model input.
+    ``mixed_precision``: fp16 autocast + grad scaling on CUDA (default there), bf16 autocast on CPU.
+    ``seed``: deterministic runs on CPU. After each epoch with ``eval_data`` the validation loss
+    and leave-one-out retrieval metrics at ``eval_k`` land in ``tuner.state.metrics``.
+    ``resume_from``: a :class:`TrainingCheckpoint` directory to continue from.
+    """
+    from executors.tuner.losses import get_loss
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f'model: expected a torch.nn.Module, got {type(model).__name__}')
+    for name, value in (('epochs', epochs), ('batch_size', batch_size),
+                        ('gradient_accumulation_steps', gradient_accumulation_steps), ('eval_k', eval_k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f'{name}: must be a positive integer, got {value!r}')
+    if scheduler_step not in SCHEDULER_STEPS:
+        raise InputError(f'scheduler_step: must be one of {SCHEDULER_STEPS}, got {scheduler_step!r}')
+    if num_workers != 0:
+        raise InputError('num_workers: batches are built in the training process; use 0 '
+                         '(preprocess once with the Preprocessor to make input loading cheap)')
+    if seed is not None:
+        seed_everything(seed)
+    train_items = to_labeled_items(train_data)
+    eval_items = to_labeled_items(eval_data) if eval_data is not None else None
+    if eval_items is not None and len(eval_items) < 2:
+        raise InputError('eval_data: needs at least two items to evaluate retrieval')
+    torch_device = torch.device(device)
+    loss_module = get_loss(loss, **(loss_kwargs or {})).to(torch_device)
+    model.to(torch_device)
+    if any(p.requires_grad for p in loss_module.parameters()):
+        # proxy losses learn class weights alongside the model
+        model = _ModelWithLossParameters(model, loss_module)
+    opt, sched = _make_optimizer(model, optimizer, optimizer_kwargs, learning_rate, configure_optimizer)
+    if mixed_precision is None:
+        mixed_precision = torch_device.type == 'cuda'
+    all_callbacks = ([ProgressBar()] if progress_bar else []) + list(callbacks or [])
+    tuner = Tuner(model, train_items, eval_items, loss=loss_module, optimizer=opt, scheduler=sched,
+                  scheduler_step=scheduler_step, epochs=epochs, batch_size=batch_size,
+                  num_items_per_class=num_items_per_class, device=torch_device, preprocess_fn=preprocess_fn,
+                  collate_fn=collate_fn, callbacks=all_callbacks, seed=seed,
+                  gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
+                  mixed_precision=mixed_precision, eval_k=eval_k, eval_distance=eval_distance)
+    if resume_from is not None:
+        from executors.tuner.checkpoint import restore_training_checkpoint
+
+        restore_training_checkpoint(tuner, resume_from)
+    tuned = tuner.run()
+    return tuned.model if isinstance(tuned, _ModelWithLossParameters) else tuned
+
+
+class _ModelWithLossParameters(nn.Module):
+    """Wraps a model with a loss that has its own parameters (e.g. ArcFace class weights) so
+    one optimiser trains both; forward is the model's."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, x):
+        return self.model(x)
+
+
+@torch.no_grad()
+def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
+          preprocess_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None) -> np.ndarray:
+    """Embeddings ``[N, D]`` (float32) of ``docs`` (docs with tensor/text/uri, or a list/array of
+    inputs); for docs, each ``doc.embedding`` is set as well."""
+    from executors.tuner.data import doc_content
+
+    items = list(docs)
+    if not items:
+        return np.zeros((0, 0), dtype=np.float32)
+    is_docs = hasattr(items[0], 'embedding')
+    contents = [doc_content(d) for d in items] if is_docs else items
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    out = []
+    for start in range(0, len(contents), batch_size):
+        chunk = contents[start:start + batch_size]
+        if preprocess_fn is not None:
+            chunk = [preprocess_fn(c) for c in chunk]
+        batch = (collate_fn or default_collate)(chunk)
+        batch = batch.to(device) if isinstance(batch, torch.Tensor) else batch
+        result = model(batch)
+        if result.ndim != 2:
+            raise InputError(f'model: must return embeddings of shape [B, D], returned {tuple(result.shape)}; '
+                             'cut it with to_embedding_model')
+        out.append(result.float().cpu().numpy())
+    model.train(was_training)
+    embeddings = np.concatenate(out)
+    if is_docs:
+        for doc, vector in zip(items, embeddings):
+            doc.embedding = vector
+    return embeddings
