@@ -57,7 +57,8 @@ def main() -> None:
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(args.batch, args.dim, generator=generator).to(device)
-    labels = torch.arange(args.batch).remainder(args.classes)[torch.randperm(args.batch, generator=generator)].to(device)
+    shuffle = torch.randperm(args.batch, generator=generator)
+    labels = torch.arange(args.batch).remainder(args.classes)[shuffle].to(device)
     cosine = distances.CosineSimilarity()
     cases = [
         ('hard/hard', TripletEasyHardMiner('hard', 'hard'), miners.BatchHardMiner(distance=cosine), True),

@@ -32,11 +32,11 @@ def hot_swap(client, version: Optional[int] = None, batch_size: int = 256, progr
                               return_type=DocList[Doc])
         if len(missing) == 0:
             break
-        result = client.post('/model/reindex', missing, parameters={'version': version},
-                             return_type=DocList[Report])
-        reindexed += int(result[0].data['reindexed'])
+        results = client.post('/model/reindex', missing, parameters={'version': version},
+                              request_size=len(missing), return_type=DocList[Report])
+        reindexed += sum(int(r.data['reindexed']) for r in results)
         if progress:
-            progress(reindexed, int(result[0].data['missing']))
+            progress(reindexed, int(results[-1].data['missing']))
     activated = client.post('/model/activate', parameters={'version': version}, return_type=DocList[Report])
     return {**activated[0].data, 'reindexed': reindexed}
 

@@ -75,6 +75,10 @@ def _label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
     return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device), ~same
 
 
+def _no_indices(count: int, device: torch.device) -> tuple[Tensor, ...]:
+    return tuple(torch.zeros(0, dtype=torch.long, device=device) for _ in range(count))
+
+
 def _mining_distances(embeddings: Tensor, distance: str) -> Tensor:
     with torch.no_grad():
         return pairwise_distance(embeddings.detach(), distance=distance)
@@ -168,6 +172,8 @@ class SiameseEasyHardMiner:
 
     def __call__(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         check_batch(embeddings, labels)
+        if len(labels) == 0:
+            return _no_indices(4, labels.device)
         dist = _mining_distances(embeddings, self.distance)
         pos_mask, neg_mask = _label_masks(labels)
         if self.neg_strategy == 'semihard':
@@ -197,7 +203,8 @@ class TripletEasyHardMiner:
     ``neg_strategy='semihard'`` each selected positive ``p`` gets the closest negative farther than
     ``p`` (with ``pos_strategy='all'`` this is FaceNet's semi-hard mining); with ``pos_strategy='semihard'``
     each selected negative ``n`` gets the farthest positive closer than ``n``. Items with no such partner
-    are skipped, as are anchors without a positive or a negative.
+    are skipped, as are anchors without a positive or a negative. Semihard mining holds a ``[K, B]``
+    mask for the ``K`` selected items of the other side.
     """
 
     def __init__(self, pos_strategy: str = 'hard', neg_strategy: str = 'hard', distance: str = 'cosine'):
@@ -207,6 +214,8 @@ class TripletEasyHardMiner:
 
     def __call__(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         check_batch(embeddings, labels)
+        if len(labels) == 0:
+            return _no_indices(3, labels.device)
         dist = _mining_distances(embeddings, self.distance)
         pos_mask, neg_mask = _label_masks(labels)
         if self.neg_strategy == 'semihard':

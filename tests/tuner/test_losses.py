@@ -212,12 +212,15 @@ def test_no_positive_pair_gives_graph_keeping_zero(loss):
     assert_graph_keeping_zero(loss, torch.randn(4, 3), torch.tensor([0, 1, 2, 3]))
 
 
-def test_half_precision_input_is_computed_in_float32():
-    x, y = batch(torch.float32)
-    for loss in (SiameseLoss(), NTXentLoss(), MultiSimilarityLoss()):
+def test_half_precision_and_autocast_are_computed_in_float32():
+    x, y = batch(torch.float32, labels=[0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    for loss in all_losses(dim=6):
         value = loss(x.to(torch.bfloat16), y)
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, loss(x.to(torch.bfloat16).float(), y))
+        expected = loss(x, y)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            torch.testing.assert_close(loss(x, y), expected)
 
 
 def test_custom_miner_and_session_helpers():
@@ -267,8 +270,8 @@ def test_siamese_matches_pml_contrastive(pml, distance):
     margin = 0.8 if distance == 'cosine' else 3.0
     # PML works on similarities for cosine: its margins are 1 - our distances' margins
     pos_margin, neg_margin = (1.0, 1.0 - margin) if distance == 'cosine' else (0.0, margin)
-    theirs = losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin, distance=pml_distance(distances, distance),
-                                    reducer=reducers.SumReducer())
+    theirs = losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin,
+                                    distance=pml_distance(distances, distance), reducer=reducers.SumReducer())
     pairs = AllPairsMiner()(x, y)
     ours = SiameseLoss(margin=margin, distance=distance)(x, y)
     # PML sums positive and negative terms separately; our mean runs over all pairs together

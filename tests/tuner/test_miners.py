@@ -144,6 +144,17 @@ def test_anchors_without_partners_are_skipped():
     assert all(len(t) == 0 for t in AllTripletsMiner()(embeddings[:1], same[:1]))
 
 
+@pytest.mark.parametrize('size', [0, 1])
+def test_tiny_batches_give_no_tuples(size):
+    embeddings, labels = torch.randn(size, 3), torch.zeros(size, dtype=torch.long)
+    miners = [AllPairsMiner(), AllTripletsMiner()]
+    miners += [SiameseEasyHardMiner(*c) for c in SIAMESE_COMBINATIONS]
+    miners += [TripletEasyHardMiner(*c) for c in TRIPLET_COMBINATIONS]
+    for miner in miners:
+        indices = miner(embeddings, labels)
+        assert len(indices) in (3, 4) and all(t.dtype == torch.long and len(t) == 0 for t in indices)
+
+
 @pytest.mark.parametrize('miner_class', [SiameseEasyHardMiner, TripletEasyHardMiner])
 def test_matches_pml_batch_easy_hard_miner(miner_class):
     """Same selections as pytorch-metric-learning's BatchEasyHardMiner for the combinations it supports

@@ -1,0 +1,1 @@
+"""End-to-end scenarios run through the real flows (``python -m executors.demos.<name>``)."""
