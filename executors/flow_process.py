@@ -41,14 +41,24 @@ class FlowProcess:
             return ''
 
     def start(self) -> 'FlowProcess':
-        from jina import Client
+        """Launch and wait until the Flow serves."""
+        return self.launch().wait_ready()
 
+    def launch(self) -> 'FlowProcess':
+        """Start the process without waiting (to start several flows at once)."""
         self.cwd.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, 'JINA_OPTOUT_TELEMETRY': '1', 'JINA_LOG_LEVEL': os.environ.get('JINA_LOG_LEVEL', 'INFO')}
         jina = Path(sys.executable).with_name('jina')
         self._log = open(self.log_path, 'w')
         self.process = subprocess.Popen([str(jina), 'flow', '--uses', str(self.flow_yaml)], cwd=self.cwd, env=env,
                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self) -> 'FlowProcess':
+        """Block until the gateway answers; raise (with the log's tail) if the process dies or
+        the deadline passes."""
+        from jina import Client
+
         deadline = time.monotonic() + self.ready_timeout
         client = Client(port=self.ports['grpc'])
         while time.monotonic() < deadline:

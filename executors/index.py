@@ -245,10 +245,12 @@ class SearchIndex:
             if self.store.count() == 0 and int(version) in (self.active_version, self.pending_version):
                 return [[] for _ in range(len(queries))]
             generation = self.generations.get(int(version))
-            if generation is not None and int(version) != self.active_version and generation.size < self.store.count():
+            building = int(version) == self.pending_version and (generation is None or generation.size < self.store.count())
+            if building:
                 raise InputError(
                     f'model_version: the index generation of model version {version} is still being built '
-                    f'({generation.size} of {self.store.count()} docs); retry once the swap has finished'
+                    f'({generation.size if generation else 0} of {self.store.count()} docs); '
+                    'retry once the swap has finished'
                 )
             if generation is None:
                 raise InputError(

@@ -26,6 +26,7 @@ from executors.models import ModelStore, build_model
 from executors.plots import plot_history
 from executors.tuner.callbacks import Callback
 from executors.tuner.data import to_labeled_items
+from executors.tuner.losses import get_loss
 from executors.tuner.trainer import embed, fit
 
 FIT_DEFAULTS = {'epochs': 10, 'batch_size': 256, 'learning_rate': 1e-3, 'loss': 'SiameseLoss', 'loss_kwargs': {},
@@ -49,13 +50,15 @@ class _JobProgress(Callback):
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int):
-    """Index arrays ``(train, eval)``: ``round(fraction * n_c)`` items of each class ``c`` with
-    at least 3 items go to eval (at least 1), the rest to train."""
+    """Index arrays ``(train, eval)``: of each class ``c`` with at least 4 items,
+    ``max(2, round(fraction * n_c))`` go to eval (two, so every held-out query has a relevant
+    item), the rest (at least 2) to train; smaller classes stay in train."""
     rng = np.random.default_rng(seed)
     train, held_out = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        n_eval = 0 if len(members) < 3 or fraction <= 0 else max(1, int(round(fraction * len(members))))
+        n_eval = 0 if len(members) < 4 or fraction <= 0 else min(len(members) - 2,
+                                                                  max(2, int(round(fraction * len(members)))))
         held_out.extend(members[:n_eval])
         train.extend(members[n_eval:])
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(held_out, dtype=np.int64))
@@ -135,6 +138,7 @@ class TrainingService:
         opts = {**self.fit_defaults, **options}
         if not 0 <= opts['eval_fraction'] < 1:
             raise InputError(f'parameters.eval_fraction: must be in [0, 1), got {opts["eval_fraction"]}')
+        get_loss(opts['loss'], **(opts['loss_kwargs'] or {}))  # a bad loss is the caller's error, now
         docs = self._load_docs()
         if not docs:
             raise InputError('/fit: no training docs collected; send labelled docs to /train first')

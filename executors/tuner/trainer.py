@@ -140,14 +140,14 @@ class Tuner:
         for start in range(0, n, self.batch_size):
             self._hook('on_val_batch_begin')
             indices = list(range(start, min(n, start + self.batch_size)))
-            inputs, labels = make_batch(self.eval_items, indices, None, self.collate_fn)
+            inputs, labels = make_batch(self.eval_items, indices, self.preprocess_fn, self.collate_fn)
             with self._autocast():
                 batch_embeddings = self.model(self._to_device(inputs)).float()
             losses.append(float(self.loss(batch_embeddings, labels.to(self.device))))
             embeddings.append(batch_embeddings.cpu().numpy())
             self._hook('on_val_batch_end')
         state.val_loss = float(np.mean(losses))
-        labels = self.eval_items.labels[::self.eval_items.views_per_item]
+        labels = np.repeat(self.eval_items.labels, self.eval_items.views_per_item)  # one per embedding row
         k = min(self.eval_k, n - 1)
         state.metrics.update(evaluate_embeddings(np.concatenate(embeddings), labels, k=k,
                                                  distance=self.eval_distance))
@@ -189,8 +189,7 @@ def _make_sampler(items: LabeledItems, batch_size: int, num_items_per_class: Opt
             raise InputError('num_items_per_class: applies to labelled data only, not to unlabelled instance data')
         return ClassSampler(items.labels, batch_size, num_items_per_class, seed=seed)
     per_batch = max(1, batch_size // items.views_per_item)
-    return ShuffleSampler(len(items.labels[::items.views_per_item]) if items.views_per_item > 1 else len(items),
-                          per_batch, seed=seed)
+    return ShuffleSampler(len(items), per_batch, seed=seed)  # items, not views: make_batch repeats each
 
 
 def _make_optimizer(model, optimizer, optimizer_kwargs, learning_rate, configure_optimizer):

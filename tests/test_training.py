@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from executors.errors import InputError
+from executors.index import StoredDoc
+from executors.models import ModelStore
+from executors.training import TrainingService, stratified_split
+
+MLP = {'builder': 'mlp', 'kwargs': {'layer_sizes': [2, 16, 8]}}
+
+
+def _blobs(n_per_class=30, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4, size=(classes, 2))
+    return [StoredDoc(id=f'{c}-{i}', label=str(c), tensor=(centres[c] + rng.normal(size=2)).astype(np.float32))
+            for c in range(classes) for i in range(n_per_class)]
+
+
+@pytest.fixture
+def service(tmp_path):
+    return TrainingService(ModelStore(tmp_path / 'models'), 'm', MLP, tmp_path / 'ws',
+                           fit_defaults={'epochs': 5, 'batch_size': 32, 'learning_rate': 0.01})
+
+
+def test_initial_version_is_published_once(tmp_path, service):
+    assert service.store.versions('m') == [1] and service.store.config('m')['stage'] == 'initial'
+    TrainingService(ModelStore(tmp_path / 'models'), 'm', MLP, tmp_path / 'ws')
+    assert service.store.versions('m') == [1]
+
+
+def test_fit_publishes_a_tuned_version_with_metrics_and_plot(service):
+    service.add(_blobs())
+    status = service.start_fit({}, wait=True)
+    job = status['job']
+    assert job['state'] == 'done', job.get('error')
+    assert job['version'] == 2 and job['parent'] == 1 and status['current_version'] == 2
+    config = service.store.config('m', 2)
+    assert config['stage'] == 'tuned' and config['num_eval'] == 18 and config['num_train'] == 72
+    assert len(config['history']) == 5 and 'val_loss' in config['history'][0]
+    assert set(config['metrics_after']) >= {'mAP@10', 'precision@10', 'NDCG@10'}
+    assert len(config['training_data_digest']) == 64
+    assert (service.store.resolve('m', 2).path / 'loss.png').stat().st_size > 1000
+    # a second fit continues from version 2
+    assert service.start_fit({'epochs': 1}, wait=True)['job']['parent'] == 2
+
+
+def test_bad_training_data_is_refused_and_nothing_is_lost(service):
+    service.add(_blobs(5))
+    with pytest.raises(InputError, match='label'):
+        service.add([StoredDoc(id='x', tensor=np.zeros(2, np.float32))])
+    with pytest.raises(InputError, match='no tensor or text'):
+        service.add([StoredDoc(id='y', label='1')])
+    assert service.data.count() == 15
+    with pytest.raises(InputError, match='eval_fraction'):
+        service.start_fit({'eval_fraction': 1.5})
+    service.clear()
+    with pytest.raises(InputError, match='no training docs'):
+        service.start_fit({})
+    service.add([StoredDoc(id=f'{i}', label='only', tensor=np.ones(2, np.float32) * i) for i in range(6)])
+    with pytest.raises(InputError, match='1 class'):
+        service.start_fit({})
+    assert service.status()['job']['state'] == 'idle'
+
+
+def test_failed_fit_is_reported_in_status(service):
+    service.add(_blobs(4))
+    with pytest.raises(InputError, match='NoSuchLoss'):
+        service.start_fit({'loss': 'NoSuchLoss'})
+    status = service.start_fit({'num_items_per_class': 7}, wait=True)  # fails inside the fit
+    assert status['job']['state'] == 'failed' and 'num_items_per_class' in status['job']['error']
+    assert status['current_version'] == 1
+
+
+def test_stratified_split_holds_out_each_class():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    train, held_out = stratified_split(labels, 0.2, seed=0)
+    assert sorted(np.concatenate([train, held_out]).tolist()) == list(range(17))
+    assert np.bincount(labels[held_out], minlength=3).tolist() == [2, 2, 0]
