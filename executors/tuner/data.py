@@ -61,10 +61,10 @@ def _match_target(match) -> Optional[int]:
     return target
 
 
-def detect_kind(docs: Sequence) -> str:
+def detect_kind(docs: Sequence, field: str = 'train_data') -> str:
     """``'class'``, ``'session'`` or ``'instance'``; InputError for an empty set or a mix."""
     if len(docs) == 0:
-        raise InputError('train_data: is empty; send at least two labelled items')
+        raise InputError(f'{field}: is empty; send at least two labelled items')
     kinds = set()
     for doc in docs:
         if getattr(doc, 'matches', None):
@@ -75,7 +75,7 @@ def detect_kind(docs: Sequence) -> str:
             kinds.add(INSTANCE)
     if len(kinds) > 1:
         raise InputError(
-            f'train_data: mixes {" and ".join(sorted(kinds))} data; use one kind per fit '
+            f'{field}: mixes {" and ".join(sorted(kinds))} data; use one kind per fit '
             '(label every item, or give every query labelled matches, or label none)'
         )
     return kinds.pop()
@@ -87,22 +87,22 @@ def _encode_labels(names: Sequence[str]):
     return np.asarray([index[n] for n in names], dtype=np.int64), label_names
 
 
-def to_labeled_items(data, require_classes: int = 2) -> LabeledItems:
+def to_labeled_items(data, require_classes: int = 2, field: str = 'train_data') -> LabeledItems:
     """Normalise ``data`` (docs or ``(inputs, labels)``) into :class:`LabeledItems`.
 
     ``require_classes``: class data with fewer distinct labels is rejected, since metric
-    learning needs negatives.
+    learning needs negatives. ``field`` names the argument in error messages.
     """
     if isinstance(data, tuple) and len(data) == 2:
         inputs, labels = data
         if len(inputs) != len(labels):
-            raise InputError(f'train_data: {len(inputs)} inputs but {len(labels)} labels; pass one label per input')
+            raise InputError(f'{field}: {len(inputs)} inputs but {len(labels)} labels; pass one label per input')
         contents = list(inputs)
         ids, names = _encode_labels([str(x) for x in (labels.tolist() if hasattr(labels, 'tolist') else labels)])
         items = LabeledItems(CLASS, contents, ids, names)
     else:
         docs = list(data)
-        kind = detect_kind(docs)
+        kind = detect_kind(docs, field)
         if kind == CLASS:
             ids, names = _encode_labels([doc_label(d) for d in docs])
             items = LabeledItems(CLASS, [doc_content(d) for d in docs], ids, names)
@@ -125,7 +125,7 @@ def to_labeled_items(data, require_classes: int = 2) -> LabeledItems:
             items = LabeledItems(SESSION, contents, ids, label_names)
     if items.kind == CLASS and len(items.label_names) < require_classes:
         raise InputError(
-            f'train_data: has {len(items.label_names)} class(es) {items.label_names[:5]}; '
+            f'{field}: has {len(items.label_names)} class(es) {items.label_names[:5]}; '
             f'metric learning needs at least {require_classes} labels so that negatives exist'
         )
     return items

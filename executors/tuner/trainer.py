@@ -254,7 +254,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     if seed is not None:
         seed_everything(seed)
     train_items = to_labeled_items(train_data)
-    eval_items = to_labeled_items(eval_data) if eval_data is not None else None
+    eval_items = to_labeled_items(eval_data, field='eval_data') if eval_data is not None else None
     if eval_items is not None and len(eval_items) < 2:
         raise InputError('eval_data: needs at least two items to evaluate retrieval')
     torch_device = torch.device(device)
