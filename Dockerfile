@@ -19,12 +19,12 @@ WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY executors ./executors
 COPY flows ./flows
-RUN pip install --upgrade pip 'setuptools<81' \
+RUN pip install 'pip==25.3' 'setuptools==80.9.0' \
     && pip install -c constraints.txt . \
     && mkdir -p /app/workspace \
     && chown -R app:app /app/workspace
 
-USER app
+USER 10001
 EXPOSE 54700
 ENTRYPOINT ["jina", "executor", "--uses"]
 CMD ["executors/encoder/config.yml", "--port", "54700"]

@@ -179,8 +179,10 @@ class _Monitor:
             raise InputError(f'monitor: must be a metric name such as "val_loss", got {monitor!r}')
         if mode not in ('auto', 'min', 'max'):
             raise InputError(f"mode: must be 'auto', 'min' or 'max', got {mode!r}")
-        if mode == 'auto':  # stays 'auto' for other names: an error at the first epoch end (after the
-            name = monitor.lower()  # check that names the available metrics, which catches typos)
+        # 'auto' stays unresolved for other names and fails at the first epoch end, after the check
+        # that lists the available metrics (which catches typos)
+        if mode == 'auto':
+            name = monitor.lower()
             if 'loss' in name:
                 mode = 'min'
             elif any(hint in name for hint in _MAX_HINTS):
@@ -262,7 +264,7 @@ class EarlyStopping(_MonitorCallback):
         self._monitor.reset()
         self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
         for entry in tuner.state.history:  # resumed fit: replay the epochs already done
-            if self.monitor in entry:
+            if self.monitor in entry and self.mode != 'auto':
                 self._update(float(entry[self.monitor]), int(entry['epoch']))
 
     def on_epoch_end(self, tuner):

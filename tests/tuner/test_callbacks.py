@@ -292,6 +292,33 @@ def test_a_checkpoint_resumed_from_its_last_epoch_runs_no_more_epochs(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
 
 
+def test_resumed_early_stopping_replays_the_restored_history(tmp_path):
+    class ScriptWithHistory(Script):
+        def on_epoch_end(self, tuner):
+            super().on_epoch_end(tuner)
+            tuner.state.history[-1][self.name] = self.values[tuner.state.epoch]
+
+    values = [1.0, 0.9, 0.95, 0.92, 0.8]
+    quick_fit([ScriptWithHistory(values), TrainingCheckpoint(tmp_path, last_k_epochs=5)], epochs=5)
+    recorder, early = Recorder(), EarlyStopping('score', mode='min', patience=2)
+    quick_fit([ScriptWithHistory(values), early, recorder], epochs=5, resume_from=tmp_path / 'epoch-3')
+    assert recorder.epochs == 1 and early.stopped_epoch == 4 and early.best_epoch == 2
+
+
+def test_resume_with_a_loss_that_has_parameters(tmp_path):
+    from executors.tuner.losses import ArcFaceLoss
+
+    def run(callbacks, resume_from=None):
+        return fit(mlp(4, 8, 3), blobs(), blobs(per_class=4, seed=1), loss=ArcFaceLoss(3, 3), epochs=2,
+                   batch_size=8, callbacks=callbacks, seed=0, progress_bar=False, resume_from=resume_from)
+
+    model_a = run([TrainingCheckpoint(tmp_path / 'ckpt', last_k_epochs=2), BestModelCheckpoint(tmp_path)])
+    model_b = run([], resume_from=tmp_path / 'ckpt' / 'epoch-1')
+    assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
+    best, _ = serialization.load(tmp_path / 'best')    # the user's model, without the loss weights
+    assert set(best.state_dict()) == set(model_a.state_dict())
+
+
 def test_resume_errors_name_the_problem(tmp_path):
     with pytest.raises(InputError, match='resume_from: .* is not a training checkpoint'):
         resumable_fit([], resume_from=tmp_path)

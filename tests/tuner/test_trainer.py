@@ -388,6 +388,19 @@ def test_same_seed_same_weights_other_seed_other_weights():
     assert not same_weights(first, other)
 
 
+@pytest.mark.parametrize('num_items_per_class', [None, 5])
+def test_each_epoch_visits_every_item_in_a_new_order(num_items_per_class):
+    X, y = blobs(per_class=10, classes=4)
+    X[:, 0] = np.arange(len(X))
+    model = Recording(mlp(4, 8))
+    fit(model, (X, y), epochs=2, batch_size=10, num_items_per_class=num_items_per_class, seed=0,
+        progress_bar=False)
+    epochs = [torch.cat(model.inputs[:4])[:, 0].tolist(), torch.cat(model.inputs[4:])[:, 0].tolist()]
+    assert len(model.inputs) == 8
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(40))
+    assert epochs[0] != epochs[1]
+
+
 @pytest.mark.parametrize('mixed_precision', [False, True])
 def test_mixed_precision_on_cpu_autocasts_to_bf16_and_keeps_float32_weights(mixed_precision):
     X, y = blobs(per_class=8, classes=4)
