@@ -97,7 +97,8 @@ def to_labeled_items(data, require_classes: int = 2, field: str = 'train_data') 
         inputs, labels = data
         if len(inputs) != len(labels):
             raise InputError(f'{field}: {len(inputs)} inputs but {len(labels)} labels; pass one label per input')
-        contents = list(inputs)
+        # a numeric array stays one array, so make_batch can gather a batch in one step
+        contents = inputs if isinstance(inputs, np.ndarray) and inputs.dtype.kind in 'biuf' else list(inputs)
         ids, names = _encode_labels([str(x) for x in (labels.tolist() if hasattr(labels, 'tolist') else labels)])
         items = LabeledItems(CLASS, contents, ids, names)
     else:
@@ -155,7 +156,10 @@ def make_batch(items: LabeledItems, indices: Sequence[int], preprocess_fn: Optio
     """``(model_input_batch, labels[B])`` for the given item indices (2 views each for instance data)."""
     import torch
 
-    indices = [i for i in indices for _ in range(items.views_per_item)]
+    indices = np.repeat(np.asarray(indices, dtype=np.int64), items.views_per_item)  # views of an item adjacent
+    if preprocess_fn is None and collate_fn is None and isinstance(items.contents, np.ndarray):
+        batch = torch.from_numpy(items.contents[indices])  # what default_collate gives, without per-row stacking
+        return (batch.float() if batch.is_floating_point() else batch), torch.from_numpy(items.labels[indices])
     contents = [items.contents[i] for i in indices]
     if preprocess_fn is not None:
         contents = [preprocess_fn(c) for c in contents]

@@ -177,6 +177,24 @@ def test_instance_docs_give_two_augmented_views_of_every_item():
             assert not torch.equal(views[0], views[1])                      # ... augmented differently
 
 
+def test_array_inputs_train_exactly_like_lists_of_rows():
+    """``(array, labels)`` (gathered in one step) and ``(list of rows, labels)`` (stacked) give the same fit;
+    integer arrays stay integer (e.g. token ids)."""
+    X, y = blobs(per_class=8, classes=4)
+    results = []
+    for inputs in (X.astype(np.float64), [row for row in X]):
+        model = Recording(mlp(4, 8))
+        fit(model, (inputs, y), (inputs, y), epochs=2, batch_size=8, seed=0, progress_bar=False)
+        assert {x.dtype for x in model.inputs} == {torch.float32}
+        results.append(weights(model))
+    assert same_weights(*results)
+
+    ids = np.arange(32).reshape(16, 2) % 10
+    model = Recording(nn.Sequential(nn.Embedding(10, 4), nn.Flatten()))
+    fit(model, (ids, np.arange(16) % 4), epochs=1, batch_size=8, seed=0, progress_bar=False)
+    assert {x.dtype for x in model.inputs} == {torch.int64}
+
+
 def test_instance_data_rejects_num_items_per_class():
     docs = [Doc(tensor=np.full(4, i, dtype=np.float32)) for i in range(8)]
     with pytest.raises(InputError, match='num_items_per_class'):
