@@ -10,7 +10,7 @@ import importlib
 from executors.version import __version__
 
 _LAZY = {
-    'fit': 'executors.tuner.trainer', 'embed': 'executors.tuner.trainer',
+    'fit': 'executors.tuner.trainer', 'embed': 'executors.embedding',
     'display': 'executors.tuner.tailor', 'to_embedding_model': 'executors.tuner.tailor',
     'save': 'executors.models', 'load': 'executors.models', 'build_model': 'executors.models',
     'ModelStore': 'executors.models', 'evaluate_embeddings': 'executors.metrics',

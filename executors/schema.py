@@ -21,12 +21,14 @@ LEGACY_LABEL_TAG = 'finetuner_label'
 
 
 class Match(BaseDoc):
-    """A search result: ``score`` is the similarity (higher is closer)."""
+    """A search result (``score``: similarity, higher is closer), or, in session training
+    data, a labelled (``+1``/``-1``) match of a query with its content."""
 
     score: Optional[float] = None
     label: Optional[str] = None
     text: Optional[str] = None
     uri: Optional[str] = None
+    tensor: Optional[NdArray] = None
     tags: Dict[str, Any] = {}
 
 

@@ -27,7 +27,8 @@ from executors.plots import plot_history
 from executors.tuner.callbacks import Callback
 from executors.tuner.data import to_labeled_items
 from executors.tuner.losses import get_loss
-from executors.tuner.trainer import embed, fit
+from executors.embedding import embed
+from executors.tuner.trainer import fit
 
 FIT_DEFAULTS = {'epochs': 10, 'batch_size': 256, 'learning_rate': 1e-3, 'loss': 'SiameseLoss', 'loss_kwargs': {},
                 'optimizer': 'adam', 'num_items_per_class': None, 'seed': 0, 'eval_fraction': 0.2, 'eval_k': 10,

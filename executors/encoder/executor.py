@@ -8,7 +8,7 @@ from executors.models import ModelStore
 from executors.models.runtime import VersionedEncoder
 from executors.parameters import require_docs, validate_parameters
 from executors.schema import Doc, DocList, Report, report
-from executors.tuner.data import doc_content
+from executors.embedding import doc_content
 
 
 class Encoder(Executor):

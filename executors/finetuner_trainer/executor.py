@@ -10,7 +10,7 @@ from executors.models import ModelStore
 from executors.parameters import require_docs, validate_parameters
 from executors.schema import Doc, DocList, Report, report
 from executors.training import TrainingService
-from executors.tuner.data import doc_content
+from executors.embedding import doc_content
 
 
 class FinetunerTrainer(Executor):

@@ -12,7 +12,7 @@ from torch import nn
 
 from executors.errors import InputError
 from executors.models.store import ModelStore
-from executors.tuner.trainer import embed
+from executors.embedding import embed
 
 
 class VersionedEncoder:

@@ -89,13 +89,6 @@ def _positive_int(field: str, value) -> int:
     return int(value)
 
 
-def _unwrapped(model):
-    """The user's model inside fit's wrapper for losses with parameters (what ``fit`` returns)."""
-    from executors.tuner.trainer import _ModelWithLossParameters
-
-    return model.model if isinstance(model, _ModelWithLossParameters) else model
-
-
 def _eval_items(field: str, data):
     """``(contents, label_names_per_item)`` of labelled docs or ``(inputs, labels)``."""
     from executors.tuner.data import INSTANCE, to_labeled_items
@@ -147,7 +140,7 @@ class EvaluationCallback(Callback):
         self.metrics: Dict[str, float] = {}
 
     def _embed(self, tuner, contents):
-        from executors.tuner.trainer import embed
+        from executors.embedding import embed
 
         return embed(contents, tuner.model, batch_size=self.batch_size, device=tuner.device,
                      preprocess_fn=self.preprocess_fn, collate_fn=self.collate_fn or tuner.collate_fn)
@@ -317,7 +310,7 @@ class BestModelCheckpoint(_MonitorCallback):
             return
         epoch = tuner.state.epoch + 1
         self._monitor.best, self.best_epoch = value, epoch
-        self._save(_unwrapped(tuner.model), {'monitor': self.monitor, 'mode': self.mode, 'value': value,
+        self._save(tuner.embedding_model, {'monitor': self.monitor, 'mode': self.mode, 'value': value,
                                               'epoch': epoch})
 
     def _save(self, model, info: Dict[str, Any]) -> None:

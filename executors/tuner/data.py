@@ -11,14 +11,17 @@ Accepted inputs: a sequence of :class:`executors.schema.Doc` (or any objects wit
 fields) or a tuple ``(inputs, labels)`` of arrays / lists of equal length.
 
 Session data is reduced to labels: a query and its ``+1`` matches share one label, every
-``-1`` match gets a label of its own, so any class-data loss applies (negatives from other
-sessions in the batch act as extra negatives, as in-batch negatives do).
+``-1`` match gets a label of its own, so any class-data loss applies. Batches hold whole
+sessions (``SessionSampler``); items of other sessions in a batch act as extra negatives,
+as in-batch negatives do.
 """
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
+from docarray import BaseDoc
 
+from executors.embedding import default_collate, doc_content
 from executors.errors import InputError
 from executors.schema import LEGACY_LABEL_TAG, doc_label
 
@@ -34,18 +37,10 @@ class LabeledItems:
     labels: np.ndarray  # int64 [N]
     label_names: List[str]
     views_per_item: int = 1  # instance data: 2 augmented views per item
+    sessions: Optional[np.ndarray] = None  # session data: session id per item [N] (batches keep sessions whole)
 
     def __len__(self) -> int:
         return len(self.contents)
-
-
-def doc_content(doc) -> Any:
-    """A doc's model input: ``tensor`` if set, else ``text``, else ``uri``."""
-    for field in ('tensor', 'text', 'uri'):
-        value = getattr(doc, field, None)
-        if value is not None:
-            return np.asarray(value) if field == 'tensor' else value
-    raise InputError(f'docs[{getattr(doc, "id", "?")}]: has no tensor, text or uri to train on; set one of them')
 
 
 def _match_target(match) -> Optional[int]:
@@ -93,7 +88,7 @@ def to_labeled_items(data, require_classes: int = 2, field: str = 'train_data') 
     ``require_classes``: class data with fewer distinct labels is rejected, since metric
     learning needs negatives. ``field`` names the argument in error messages.
     """
-    if isinstance(data, tuple) and len(data) == 2:
+    if isinstance(data, tuple) and len(data) == 2 and not any(isinstance(x, BaseDoc) for x in data):
         inputs, labels = data
         if len(inputs) != len(labels):
             raise InputError(f'{field}: {len(inputs)} inputs but {len(labels)} labels; pass one label per input')
@@ -112,10 +107,11 @@ def to_labeled_items(data, require_classes: int = 2, field: str = 'train_data') 
             items = LabeledItems(INSTANCE, contents, np.arange(len(docs), dtype=np.int64),
                                  [str(getattr(d, 'id', i)) for i, d in enumerate(docs)], views_per_item=2)
         else:
-            contents, names = [], []
-            for doc in docs:
+            contents, names, sessions = [], [], []
+            for session, doc in enumerate(docs):
                 contents.append(doc_content(doc))
                 names.append(f'{doc.id}')
+                sessions.extend([session] * (1 + len(doc.matches)))
                 for match in doc.matches:
                     target = _match_target(match)
                     if target is None:
@@ -123,32 +119,13 @@ def to_labeled_items(data, require_classes: int = 2, field: str = 'train_data') 
                     contents.append(doc_content(match))
                     names.append(f'{doc.id}' if target == 1 else f'{doc.id}/neg/{match.id}')
             ids, label_names = _encode_labels(names)
-            items = LabeledItems(SESSION, contents, ids, label_names)
+            items = LabeledItems(SESSION, contents, ids, label_names, sessions=np.asarray(sessions, dtype=np.int64))
     if items.kind == CLASS and len(items.label_names) < require_classes:
         raise InputError(
             f'{field}: has {len(items.label_names)} class(es) {items.label_names[:5]}; '
             f'metric learning needs at least {require_classes} labels so that negatives exist'
         )
     return items
-
-
-def default_collate(inputs: List[Any]):
-    """Stack arrays/tensors into one float tensor ``[B, ...]``; strings stay a list; dicts per key."""
-    import torch
-
-    first = inputs[0]
-    if isinstance(first, str):
-        return list(inputs)
-    if isinstance(first, dict):
-        return {k: default_collate([x[k] for x in inputs]) for k in first}
-    if isinstance(first, torch.Tensor):
-        return torch.stack(inputs)
-    arrays = [np.asarray(x) for x in inputs]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise InputError(f'tensor: items have different shapes {sorted(shapes)[:3]}; preprocess them to one shape')
-    batch = torch.from_numpy(np.stack(arrays))
-    return batch.float() if batch.is_floating_point() else batch
 
 
 def make_batch(items: LabeledItems, indices: Sequence[int], preprocess_fn: Optional[Callable],

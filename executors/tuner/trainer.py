@@ -15,7 +15,8 @@ from torch import nn
 
 from executors.errors import InputError
 from executors.tuner.callbacks import Callback, ProgressBar
-from executors.tuner.data import LabeledItems, default_collate, make_batch, to_labeled_items
+from executors.embedding import to_device
+from executors.tuner.data import LabeledItems, make_batch, to_labeled_items
 
 OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD,
               'rmsprop': torch.optim.RMSprop}
@@ -77,17 +78,15 @@ class Tuner:
         dtype = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _to_device(self, batch):
-        if isinstance(batch, torch.Tensor):
-            return batch.to(self.device)
-        if isinstance(batch, dict):
-            return {k: self._to_device(v) for k, v in batch.items()}
-        return batch
+    @property
+    def embedding_model(self) -> nn.Module:
+        """The user's model (without fit's wrapper for losses that have parameters)."""
+        return self.model.model if isinstance(self.model, _ModelWithLossParameters) else self.model
 
     def _forward_loss(self, indices: Sequence[int]) -> torch.Tensor:
         inputs, labels = make_batch(self.train_items, indices, self.preprocess_fn, self.collate_fn)
         with self._autocast():
-            embeddings = self.model(self._to_device(inputs))
+            embeddings = self.model(to_device(inputs, self.device))
         return self.loss(embeddings.float(), labels.to(self.device))
 
     def _train_epoch(self) -> None:
@@ -101,7 +100,9 @@ class Tuner:
         for state.batch_index, indices in enumerate(self.sampler):
             self._hook('on_train_batch_begin')
             loss = self._forward_loss(indices)
-            scaled = loss / self.gradient_accumulation_steps
+            window_start = state.batch_index - state.batch_index % self.gradient_accumulation_steps
+            window = min(self.gradient_accumulation_steps, state.num_batches - window_start)
+            scaled = loss / window  # the mean over the batches of this (possibly shorter, last) window
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             last = state.batch_index + 1 == state.num_batches
             if (state.batch_index + 1) % self.gradient_accumulation_steps == 0 or last:
@@ -142,7 +143,7 @@ class Tuner:
             indices = list(range(start, min(n, start + self.batch_size)))
             inputs, labels = make_batch(self.eval_items, indices, self.preprocess_fn, self.collate_fn)
             with self._autocast():
-                batch_embeddings = self.model(self._to_device(inputs)).float()
+                batch_embeddings = self.model(to_device(inputs, self.device)).float()
             losses.append(float(self.loss(batch_embeddings, labels.to(self.device))))
             embeddings.append(batch_embeddings.cpu().numpy())
             self._hook('on_val_batch_end')
@@ -182,14 +183,23 @@ class Tuner:
 
 
 def _make_sampler(items: LabeledItems, batch_size: int, num_items_per_class: Optional[int], seed):
-    from executors.tuner.samplers import ClassSampler, ShuffleSampler
+    from executors.tuner.samplers import ClassSampler, SessionSampler, ShuffleSampler
 
+    if items.sessions is not None:
+        if num_items_per_class is not None:
+            raise InputError('num_items_per_class: applies to class data; session data is batched by whole sessions')
+        return SessionSampler(items.sessions, batch_size, seed=seed)
     if num_items_per_class is not None:
         if items.views_per_item > 1:
             raise InputError('num_items_per_class: applies to labelled data only, not to unlabelled instance data')
         return ClassSampler(items.labels, batch_size, num_items_per_class, seed=seed)
     per_batch = max(1, batch_size // items.views_per_item)
     return ShuffleSampler(len(items), per_batch, seed=seed)  # items, not views: make_batch repeats each
+
+
+def _check_positive(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise InputError(f'{name}: must be a positive number, got {value!r}')
 
 
 def _make_optimizer(model, optimizer, optimizer_kwargs, learning_rate, configure_optimizer):
@@ -204,6 +214,7 @@ def _make_optimizer(model, optimizer, optimizer_kwargs, learning_rate, configure
         return opt, sched
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer, None
+    _check_positive('learning_rate', learning_rate)  # only used here: not with configure_optimizer
     name = (optimizer or 'adam').lower()
     if name not in OPTIMIZERS:
         raise InputError(f'optimizer: unknown {optimizer!r}; use one of {sorted(OPTIMIZERS)} or an Optimizer')
@@ -246,6 +257,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
                         ('gradient_accumulation_steps', gradient_accumulation_steps), ('eval_k', eval_k)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(f'{name}: must be a positive integer, got {value!r}')
+    _check_positive('max_grad_norm', max_grad_norm)
     if scheduler_step not in SCHEDULER_STEPS:
         raise InputError(f'scheduler_step: must be one of {SCHEDULER_STEPS}, got {scheduler_step!r}')
     if num_workers != 0:
@@ -291,38 +303,3 @@ class _ModelWithLossParameters(nn.Module):
 
     def forward(self, x):
         return self.model(x)
-
-
-@torch.no_grad()
-def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
-          preprocess_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None) -> np.ndarray:
-    """Embeddings ``[N, D]`` (float32) of ``docs`` (docs with tensor/text/uri, or a list/array of
-    inputs); for docs, each ``doc.embedding`` is set as well."""
-    from executors.tuner.data import doc_content
-
-    items = list(docs)
-    if not items:
-        return np.zeros((0, 0), dtype=np.float32)
-    is_docs = hasattr(items[0], 'embedding')
-    contents = [doc_content(d) for d in items] if is_docs else items
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    out = []
-    for start in range(0, len(contents), batch_size):
-        chunk = contents[start:start + batch_size]
-        if preprocess_fn is not None:
-            chunk = [preprocess_fn(c) for c in chunk]
-        batch = (collate_fn or default_collate)(chunk)
-        batch = batch.to(device) if isinstance(batch, torch.Tensor) else batch
-        result = model(batch)
-        if result.ndim != 2:
-            raise InputError(f'model: must return embeddings of shape [B, D], returned {tuple(result.shape)}; '
-                             'cut it with to_embedding_model')
-        out.append(result.float().cpu().numpy())
-    model.train(was_training)
-    embeddings = np.concatenate(out)
-    if is_docs:
-        for doc, vector in zip(items, embeddings):
-            doc.embedding = vector
-    return embeddings

@@ -13,7 +13,7 @@ from executors.metrics import nearest_neighbours
 from executors.models import ModelStore
 from executors.schema import Doc, DocList, Report
 from executors.swap import hot_swap
-from executors.tuner.trainer import embed
+from executors.embedding import embed
 
 from pathlib import Path
 

@@ -4,7 +4,7 @@ import pytest
 from executors.errors import InputError
 from executors.models import ModelStore, build_model
 from executors.models.runtime import VersionedEncoder
-from executors.tuner.trainer import embed
+from executors.embedding import embed
 
 MLP = {'builder': 'mlp', 'kwargs': {'layer_sizes': [3, 5]}}
 

@@ -16,7 +16,8 @@ from executors.models.builders import build_model
 from executors.tuner.callbacks import (BestModelCheckpoint, Callback, EarlyStopping, EvaluationCallback,
                                        MetricsLogger, TensorBoardLogger, TrainingCheckpoint, WandBLogger)
 from executors.tuner.checkpoint import flatten_state, unflatten_state
-from executors.tuner.trainer import embed, fit
+from executors.embedding import embed
+from executors.tuner.trainer import fit
 
 HOOKS = ('on_fit_begin', 'on_epoch_begin', 'on_train_epoch_begin', 'on_train_batch_begin', 'on_train_batch_end',
          'on_train_epoch_end', 'on_val_begin', 'on_val_batch_begin', 'on_val_batch_end', 'on_val_end',

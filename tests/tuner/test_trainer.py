@@ -1,4 +1,4 @@
-"""Tests of :func:`executors.tuner.trainer.fit` and :func:`executors.tuner.trainer.embed`."""
+"""Tests of :func:`executors.tuner.trainer.fit` and :func:`executors.embedding.embed`."""
 import math
 
 import numpy as np
@@ -13,7 +13,8 @@ from executors.schema import Doc, Match
 from executors.tuner.callbacks import Callback
 from executors.tuner.losses import SiameseLoss, TripletLoss
 from executors.tuner.miners import TripletEasyHardMiner
-from executors.tuner.trainer import embed, fit
+from executors.embedding import embed
+from executors.tuner.trainer import fit
 
 
 def mlp(*sizes, seed=0):
@@ -540,3 +541,29 @@ def test_stop_training_from_a_callback_ends_fit_after_the_epoch():
     fit(mlp(4, 8), blobs(), epochs=5, batch_size=10, callbacks=[StopAfterFirst(), recorder], progress_bar=False)
     assert len(recorder.state.history) == 1
     assert len(recorder.lrs) == 3
+
+
+@pytest.mark.parametrize('kwargs, field', [({'learning_rate': 0.0}, 'learning_rate'),
+                                           ({'learning_rate': -1}, 'learning_rate'),
+                                           ({'max_grad_norm': 0}, 'max_grad_norm')])
+def test_non_positive_rates_and_norms_are_refused(kwargs, field):
+    with pytest.raises(InputError, match=field):
+        fit(mlp(4, 8, 8), blobs(), epochs=1, progress_bar=False, **kwargs)
+
+
+def test_session_batches_keep_sessions_whole():
+    """Session data is sampled by whole sessions: a recording loss sees each query with all its matches."""
+    rng = np.random.default_rng(0)
+    sessions = [Doc(id=f'q{s}', tensor=rng.normal(size=4).astype(np.float32),
+                    matches=[Match(id=f'q{s}m{j}', label='+1' if j == 0 else '-1',
+                                   tensor=rng.normal(size=4).astype(np.float32)) for j in range(3)])
+                for s in range(6)]
+    seen = []
+
+    class RecordingLoss(torch.nn.Module):
+        def forward(self, embeddings, labels):
+            seen.append(len(labels))
+            return embeddings.sum() * 0.0 + embeddings.pow(2).mean()
+
+    fit(mlp(4, 8, 8), sessions, loss=RecordingLoss(), epochs=1, batch_size=9, progress_bar=False, seed=0)
+    assert seen and all(n % 4 == 0 for n in seen)  # 4 items per session, never split
