@@ -17,11 +17,12 @@ import json
 import platform
 import pstats
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from timing import seconds
 
 from executors.models.builders import build_model
 from executors.tuner.losses import SiameseLoss
@@ -52,16 +53,6 @@ def plain_epoch(model, X, y, batch_size, lr, device):
 def fit_epoch(model, X, y, batch_size, lr, device):
     return fit(model, (X, y), loss='SiameseLoss', epochs=1, batch_size=batch_size, learning_rate=lr,
                optimizer='adam', seed=SEED, device=str(device), progress_bar=False)
-
-
-def timed(function, device) -> float:
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    function()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -100,7 +91,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, run in runs.items():
             model = fresh()
-            times[name].append(timed(lambda: run(model, X, y, args.batch, args.lr, device), device))
+            times[name].append(seconds(lambda: run(model, X, y, args.batch, args.lr, device), device))
     median = {name: statistics.median(t) for name, t in times.items()}
     ratio = median['fit'] / median['plain']
     paired = statistics.median(f / p for f, p in zip(times['fit'], times['plain']))  # robust to load drift

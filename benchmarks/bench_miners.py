@@ -11,12 +11,13 @@ import json
 import math
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import pytorch_metric_learning
 import torch
 from pytorch_metric_learning import distances, miners
+
+from timing import seconds
 
 from executors.tuner.miners import AllTripletsMiner, TripletEasyHardMiner
 
@@ -26,16 +27,7 @@ RESULTS = Path(__file__).resolve().parents[1] / 'results' / 'bench_miners.json'
 def median_ms(function, repeats: int, device: torch.device) -> float:
     for _ in range(3):
         function()
-    times = []
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(seconds(function, device) * 1e3 for _ in range(repeats))
 
 
 def triplet_set(indices) -> set:

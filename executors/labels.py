@@ -14,7 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from executors.errors import InputError
+from executors.specs import build_from_spec
 
 LABEL_FIELDS = ('tags', 'uri', 'tensor', 'text')
 """Document fields a rule reads; ``assign_labels`` passes these keys of each document dict."""
@@ -258,23 +259,7 @@ RULES: dict[str, type[LabelRule]] = {
 
 def build_rule(spec: Mapping[str, Any]) -> LabelRule:
     """A rule from its spec: {'rule': <one of RULES>, **settings}; settings are the rule class's init fields."""
-    if not isinstance(spec, Mapping):
-        raise InputError(f"label rule: expected a dict like {{'rule': 'tag', 'tag': 'finetuner_label'}}, "
-                         f'got {type(spec).__name__}')
-    rule_name = spec.get('rule')
-    if rule_name not in RULES:
-        raise InputError(f"rule: unknown label rule {rule_name!r}; allowed: {', '.join(RULES)}")
-    rule_class = RULES[rule_name]
-    settings = {key: value for key, value in spec.items() if key != 'rule'}
-    init_fields = [f for f in fields(rule_class) if f.init]
-    allowed = [f.name for f in init_fields]
-    for key in settings:
-        if key not in allowed:
-            raise InputError(f"{key}: not a setting of rule {rule_name!r}; allowed settings: {', '.join(allowed) or 'none'}")
-    for f in init_fields:
-        if f.default is MISSING and f.name not in settings:
-            raise InputError(f"{f.name}: required by rule {rule_name!r} (settings: {', '.join(allowed)})")
-    return rule_class(**settings)
+    return build_from_spec(spec, 'rule', RULES, 'label rule', 'label rule', "{'rule': 'tag', 'tag': 'finetuner_label'}")
 
 
 def assign_labels(rule: LabelRule, docs_fields: Sequence[Mapping[str, Any]], require: bool = True) -> list[str | None]:

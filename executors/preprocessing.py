@@ -14,7 +14,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +27,7 @@ import trimesh
 from PIL import Image
 
 from executors.errors import InputError
+from executors.specs import build_from_spec
 from executors.labels import about_doc
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -474,22 +475,8 @@ MODALITIES: dict[str, type[Preprocessing]] = {
 
 def build_preprocessing(spec: Mapping[str, Any]) -> Preprocessing:
     """A pipeline from its spec: {'modality': <one of MODALITIES>, **settings}; settings are the class's fields."""
-    if not isinstance(spec, Mapping):
-        raise InputError(f"preprocessing: expected a dict like {{'modality': 'image', 'size': [224, 224]}}, "
-                         f'got {type(spec).__name__}')
-    modality = spec.get('modality')
-    if modality not in MODALITIES:
-        raise InputError(f"modality: unknown modality {modality!r}; allowed: {', '.join(MODALITIES)}")
-    pipeline_class = MODALITIES[modality]
-    settings = {key: value for key, value in spec.items() if key != 'modality'}
-    allowed = [f.name for f in fields(pipeline_class)]
-    for key in settings:
-        if key not in allowed:
-            raise InputError(f"{key}: not a setting of modality {modality!r}; allowed settings: {', '.join(allowed)}")
-    for f in fields(pipeline_class):
-        if f.default is MISSING and f.name not in settings:
-            raise InputError(f"{f.name}: required for modality {modality!r} (settings: {', '.join(allowed)})")
-    return pipeline_class(**settings)
+    return build_from_spec(spec, 'modality', MODALITIES, 'preprocessing', 'modality',
+                           "{'modality': 'image', 'size': [224, 224]}")
 
 
 def _resolve_in_root(uri: Any, root: str | None) -> Path:

@@ -282,7 +282,7 @@ def test_vectors():
 
 @pytest.mark.parametrize('spec, message', [
     ({'modality': 'audio'}, "modality: unknown modality 'audio'; allowed: vector, image, mesh, text"),
-    ({'modality': 'text'}, "tokenizer_path: required for modality 'text'"),
+    ({'modality': 'text'}, "tokenizer_path: required by modality 'text'"),
     ({'modality': 'vector', 'dims': 3}, "dims: not a setting of modality 'vector'; allowed settings: dim"),
     ({'modality': 'image', 'size': [224]}, 'size: expected a list of 2 numbers'),
     ({'modality': 'image', 'std': [1, 0, 1]}, 'std: expected a number in (0, inf)'),
