@@ -11,7 +11,7 @@ from executors.version import __version__
 
 _LAZY = {
     'fit': 'executors.tuner.trainer', 'embed': 'executors.embedding',
-    'display': 'executors.tuner.tailor', 'to_embedding_model': 'executors.tuner.tailor',
+    'display': 'executors.models.tailor', 'to_embedding_model': 'executors.models.tailor',
     'save': 'executors.models', 'load': 'executors.models', 'build_model': 'executors.models',
     'ModelStore': 'executors.models', 'evaluate_embeddings': 'executors.metrics',
     'InputError': 'executors.errors',

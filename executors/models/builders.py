@@ -4,7 +4,8 @@ Storing the builder spec instead of a pickled module is what lets a saved model 
 without unpickling anything: ``build_model(spec)`` then ``load_state_dict`` from safetensors.
 Every model built here carries its spec as ``model.builder_spec``.
 """
-from typing import Any, Callable, Dict, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +49,43 @@ def build_mlp(layer_sizes: Sequence[int], activation: str = 'relu', final_activa
         if i < len(sizes) - 2 or final_activation:
             layers.append(_ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
+
+
+@register_builder('torchvision')
+def build_torchvision(arch: str, weights_path: Optional[str] = None, **arch_kwargs) -> nn.Module:
+    """``torchvision.models.<arch>(weights=None, **arch_kwargs)``, with weights from a local
+    ``weights_path`` (``.safetensors``, or a ``.pth`` state dict read with ``weights_only=True``).
+    No weights are downloaded."""
+    import torchvision
+
+    if not hasattr(torchvision.models, arch) or arch.startswith('_'):
+        raise InputError(f'arch: torchvision has no model {arch!r}; use e.g. resnet18, resnet50, efficientnet_b0')
+    model = getattr(torchvision.models, arch)(weights=None, **arch_kwargs)
+    if weights_path is not None:
+        model.load_state_dict(_read_state_dict(weights_path))
+    return model
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f'weights_path: {path!r} is not a file; give a local .safetensors or .pth state dict')
+    if file.suffix == '.safetensors':
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    return torch.load(str(file), map_location='cpu', weights_only=True)  # never unpickles arbitrary objects
+
+
+@register_builder('embedding_model')
+def build_embedding_model(base: Dict[str, Any], layer_name: Optional[str] = None, freeze=False,
+                          projection_head: Optional[int] = None, input_size: Optional[Sequence[int]] = None,
+                          input_dtype: str = 'float32') -> nn.Module:
+    """A tailored model: ``to_embedding_model(build_model(base), layer_name, freeze, projection_head, ...)``."""
+    from executors.models.tailor import to_embedding_model
+
+    return to_embedding_model(build_model(base), layer_name=layer_name, freeze=freeze,
+                              projection_head=projection_head, input_size=input_size, input_dtype=input_dtype)
 
 
 def build_model(spec: Dict[str, Any], seed: int = None) -> nn.Module:

@@ -311,6 +311,13 @@ def to_embedding_model(
             embeddings = _checked_forward(projection_head, features, "projection_head", head_fix)
             if isinstance(embeddings, torch.Tensor) and embeddings.dim() == 2:
                 embedding_model.embedding_dim = embeddings.shape[1]
+    base_spec = getattr(model, 'builder_spec', None)
+    if base_spec is not None and not isinstance(projection_head, nn.Module):
+        # rebuildable without pickle: build_model(spec) repeats this cut on a freshly built base
+        embedding_model.builder_spec = {'builder': 'embedding_model', 'kwargs': {
+            'base': base_spec, 'layer_name': layer_name, 'freeze': freeze if isinstance(freeze, bool) else list(freeze),
+            'projection_head': projection_head, 'input_size': None if input_size is None else list(input_size),
+            'input_dtype': str(input_dtype).replace('torch.', '')}}
     return embedding_model
 
 

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from executors.errors import InputError
-from executors.tuner.tailor import EmbeddingModel, LayerInfo, describe_layers, display, to_embedding_model
+from executors.models.tailor import EmbeddingModel, LayerInfo, describe_layers, display, to_embedding_model
 
 IMAGE_SIZE = (3, 64, 64)
 
@@ -286,3 +286,36 @@ def test_describe_layers_bad_input_size_names_field(resnet):
     with pytest.raises(InputError, match="input_size/input_dtype: .*'conv1'"):
         describe_layers(resnet, (64, 64))
     assert not any(module._forward_hooks or module._forward_pre_hooks for module in resnet.modules())
+
+
+def test_tailored_models_save_and_load_without_pickle(tmp_path):
+    """A model cut from a registered builder carries a spec, so save/load rebuilds it exactly."""
+    from executors.models import build_model, load, save
+
+    base = build_model({'builder': 'torchvision', 'kwargs': {'arch': 'resnet18'}}, seed=0)
+    tailored = to_embedding_model(base, layer_name='avgpool', freeze=['conv1', 'layer1'], projection_head=32,
+                                  input_size=(3, 64, 64))
+    save(tailored, tmp_path / 'm')
+    loaded, config = load(tmp_path / 'm')
+    assert config['model']['builder'] == 'embedding_model'
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(tailored.eval()(x), loaded(x), atol=1e-6)
+    assert not loaded.base.conv1.weight.requires_grad and loaded.base.layer4[0].conv1.weight.requires_grad
+
+
+def test_torchvision_builder_reads_local_weights_only(tmp_path):
+    from safetensors.torch import save_file
+
+    from executors.errors import InputError
+    from executors.models import build_model
+
+    source = build_model({'builder': 'torchvision', 'kwargs': {'arch': 'resnet18'}}, seed=1)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / 'w.safetensors'))
+    torch.save(source.state_dict(), tmp_path / 'w.pth')
+    for name in ('w.safetensors', 'w.pth'):
+        model = build_model({'builder': 'torchvision', 'kwargs': {'arch': 'resnet18', 'weights_path': str(tmp_path / name)}})
+        assert torch.equal(model.conv1.weight, source.conv1.weight)
+    with pytest.raises(InputError, match='weights_path'):
+        build_model({'builder': 'torchvision', 'kwargs': {'arch': 'resnet18', 'weights_path': str(tmp_path / 'no')}})
+    with pytest.raises(InputError, match='arch'):
+        build_model({'builder': 'torchvision', 'kwargs': {'arch': 'not_a_net'}})
