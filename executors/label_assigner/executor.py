@@ -17,8 +17,9 @@ class LabelAssigner(Executor):
 
     ``rule``: a label-rule spec (see :mod:`executors.labels`), default the legacy
     ``tags['finetuner_label']``. Docs that already have a label keep it unless
-    ``overwrite``. A numeric-bins rule fitted on the first batch is saved in the workspace
-    so labels stay the same across requests and restarts.
+    ``overwrite``. A numeric-bins rule without ``low``/``high`` is fitted on the first request
+    it sees (send the whole training set in that request, or set ``low``/``high``), then saved
+    in the workspace so labels stay the same across requests and restarts.
     """
 
     def __init__(self, rule: Optional[Dict] = None, overwrite: bool = False, **kwargs):
