@@ -40,7 +40,13 @@ from executors.errors import InputError
 
 
 class Callback:
-    """Base class: override the hooks you need."""
+    """Base class: override the hooks you need.
+
+    ``main_process_only``: in a multi-process (torchrun) fit, True callbacks run on rank 0 only (they
+    write files or show progress); the others run in every process.
+    """
+
+    main_process_only = False
 
     def on_fit_begin(self, tuner): ...
     def on_epoch_begin(self, tuner): ...
@@ -61,6 +67,8 @@ class Callback:
 class ProgressBar(Callback):
     """A tqdm bar per epoch showing the running train loss; silent when not in a terminal
     unless ``always=True``."""
+
+    main_process_only = True
 
     def __init__(self, always: bool = False):
         self.always = always
@@ -285,6 +293,8 @@ class BestModelCheckpoint(_MonitorCallback):
     A resumed fit (``tuner.start_epoch > 0``) starts from the value in an existing ``best.json``.
     """
 
+    main_process_only = True
+
     def __init__(self, save_dir, monitor: str = 'val_loss', mode: str = 'auto'):
         self.save_dir = Path(save_dir)
         self._monitor = _Monitor(monitor, mode)
@@ -342,6 +352,8 @@ class TrainingCheckpoint(Callback):
     Resuming gives the same weights as an uninterrupted run (same data, settings and device).
     """
 
+    main_process_only = True
+
     def __init__(self, save_dir, last_k_epochs: int = 1):
         self.save_dir = Path(save_dir)
         self.last_k_epochs = _positive_int('last_k_epochs', last_k_epochs)
@@ -367,6 +379,8 @@ class MetricsLogger(Callback):
     rewritten with the extended header, missing cells left empty), else JSON lines (one object per line,
     NaN written as null). The file is opened and closed at each epoch end, so it can be read during training.
     """
+
+    main_process_only = True
 
     def __init__(self, path):
         self.path = Path(path)
@@ -410,6 +424,8 @@ class WandBLogger(Callback):
     Writes only what wandb itself writes (``./wandb`` unless ``dir`` is given). Needs ``pip install wandb``.
     """
 
+    main_process_only = True
+
     def __init__(self, **wandb_init_kwargs):
         try:
             import wandb
@@ -447,6 +463,8 @@ class TensorBoardLogger(Callback):
     ``train/loss`` after every batch (step = batches seen) and each of ``tuner.state.metrics`` after
     every epoch (step = epoch, 1-based). Needs ``pip install tensorboard``.
     """
+
+    main_process_only = True
 
     def __init__(self, log_dir):
         try:

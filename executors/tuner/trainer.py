@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from executors.errors import InputError
+from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
 from executors.embedding import to_device
 from executors.tuner.data import LabeledItems, make_batch, to_labeled_items
@@ -54,7 +55,7 @@ class Tuner:
                  epochs: int, batch_size: int, num_items_per_class: Optional[int], device: torch.device,
                  preprocess_fn, collate_fn, callbacks: List[Callback], seed: Optional[int],
                  gradient_accumulation_steps: int, max_grad_norm: Optional[float], mixed_precision: bool,
-                 eval_k: int, eval_distance: str):
+                 eval_k: int, eval_distance: str, distributed: bool = False):
         self.model, self.train_items, self.eval_items = model, train_items, eval_items
         self.loss, self.optimizer, self.scheduler, self.scheduler_step = loss, optimizer, scheduler, scheduler_step
         self.batch_size, self.device = batch_size, device
@@ -63,7 +64,19 @@ class Tuner:
         self.gradient_accumulation_steps, self.max_grad_norm = gradient_accumulation_steps, max_grad_norm
         self.mixed_precision = mixed_precision
         self.eval_k, self.eval_distance = eval_k, eval_distance
-        self.sampler = _make_sampler(train_items, batch_size, num_items_per_class, seed)
+        self.distributed = distributed
+        if distributed:
+            # multi-process (torchrun): every rank builds the same global batches (batch_size * world_size,
+            # one shared seed) and keeps its contiguous slice of each; see executors.tuner.distributed
+            global_batch_size = batch_size * dist_utils.get_world_size()
+            self.sampler = dist_utils.DistributedBatchSampler(
+                _make_sampler(train_items, global_batch_size, num_items_per_class, dist_utils.shared_seed(seed)))
+            # only the training forward goes through DDP; self.model stays unwrapped for validation,
+            # callbacks and checkpoints (same state-dict keys as a single-process run)
+            self.train_model = dist_utils.wrap_model(model, device)
+        else:
+            self.sampler = _make_sampler(train_items, batch_size, num_items_per_class, seed)
+            self.train_model = model
         self.state = TrainingState(num_epochs=epochs)
         self.start_epoch = 0
         self.scaler = torch.amp.GradScaler('cuda') if (mixed_precision and device.type == 'cuda') else None
@@ -86,12 +99,17 @@ class Tuner:
     def _forward_loss(self, indices: Sequence[int]) -> torch.Tensor:
         inputs, labels = make_batch(self.train_items, indices, self.preprocess_fn, self.collate_fn)
         with self._autocast():
-            embeddings = self.model(to_device(inputs, self.device))
-        return self.loss(embeddings.float(), labels.to(self.device))
+            embeddings = self.train_model(to_device(inputs, self.device))
+        embeddings, labels = embeddings.float(), labels.to(self.device)
+        if self.distributed:
+            # the loss sees the global batch, so negatives come from every process; no factor is needed:
+            # gather_batch's backward sums over ranks (x world_size), DDP averages (/ world_size)
+            embeddings, labels = dist_utils.gather_batch(embeddings, labels)
+        return self.loss(embeddings, labels)
 
     def _train_epoch(self) -> None:
         state = self.state
-        self.model.train()
+        self.train_model.train()
         self.sampler.set_epoch(state.epoch)
         state.num_batches = len(self.sampler)
         self._hook('on_train_epoch_begin')
@@ -169,6 +187,8 @@ class Tuner:
                     self._validate()
                 state.history.append({'epoch': state.epoch + 1, **state.metrics})
                 self._hook('on_epoch_end')
+                if self.distributed:  # stop together: a rank-0-only callback may have asked to stop
+                    state.stop_training = dist_utils.any_process(state.stop_training)
                 if state.stop_training:
                     break
             self._hook('on_fit_end')
@@ -234,7 +254,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
         num_workers: int = 0, seed: Optional[int] = None, gradient_accumulation_steps: int = 1,
         max_grad_norm: Optional[float] = None, mixed_precision: Optional[bool] = None,
         eval_k: int = 10, eval_distance: str = 'cosine', progress_bar: bool = True,
-        resume_from=None) -> nn.Module:
+        resume_from=None, distributed: Union[bool, str] = 'auto') -> nn.Module:
     """Tune ``model`` so that items with equal labels embed close together; returns the model.
 
     ``train_data``/``eval_data``: docs or ``(inputs, labels)`` (see :mod:`executors.tuner.data`).
@@ -248,6 +268,21 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     ``seed``: deterministic runs on CPU. After each epoch with ``eval_data`` the validation loss
     and leave-one-out retrieval metrics at ``eval_k`` land in ``tuner.state.metrics``.
     ``resume_from``: a :class:`TrainingCheckpoint` directory to continue from.
+
+    Multi-process training: run the script with ``torchrun --nproc_per_node=N your_script.py``
+    (one process per GPU, or several on CPU); every process calls ``fit`` with the same arguments and
+    data. ``distributed='auto'`` (default) turns it on when torchrun's ``WORLD_SIZE`` is above 1
+    (``False``: each process trains alone). ``batch_size`` is per process: each step uses a global
+    batch of ``N * batch_size`` items, split between the processes, and the model runs in
+    DistributedDataParallel (gloo on CPU, nccl on CUDA with ``cuda:LOCAL_RANK`` per process). The loss
+    is computed on the embeddings gathered from all processes, so negatives come from the whole global
+    batch, and the gradients equal those of one process with ``batch_size = N * batch_size`` (see
+    :mod:`executors.tuner.distributed`). Give a ``seed`` (or let rank 0 draw one) so all processes cut
+    the same batches. Validation (``eval_data``) and :class:`EvaluationCallback` run in every process
+    over all their data (same weights, so same metrics, and all processes stop together); the progress
+    bar, checkpoint writers and loggers (callbacks with ``main_process_only = True``) run only on
+    rank 0; other callbacks run everywhere. Every process returns the same trained (unwrapped) model;
+    save it on rank 0 only (:func:`executors.tuner.distributed.is_main_process`).
     """
     from executors.tuner.losses import get_loss
 
@@ -270,6 +305,9 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     if eval_items is not None and len(eval_items) < 2:
         raise InputError('eval_data: needs at least two items to evaluate retrieval')
     torch_device = torch.device(device)
+    use_distributed = dist_utils.resolve_distributed(distributed)
+    if use_distributed:  # join torchrun's process group; on CUDA each process takes cuda:LOCAL_RANK
+        torch_device = dist_utils.init_distributed(torch_device)
     loss_module = get_loss(loss, **(loss_kwargs or {})).to(torch_device)
     model.to(torch_device)
     if any(p.requires_grad for p in loss_module.parameters()):
@@ -279,12 +317,15 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     if mixed_precision is None:
         mixed_precision = torch_device.type == 'cuda'
     all_callbacks = ([ProgressBar()] if progress_bar else []) + list(callbacks or [])
+    if use_distributed and not dist_utils.is_main_process():  # bars, checkpoints, loggers: rank 0 only
+        all_callbacks = [c for c in all_callbacks if not getattr(c, 'main_process_only', False)]
     tuner = Tuner(model, train_items, eval_items, loss=loss_module, optimizer=opt, scheduler=sched,
                   scheduler_step=scheduler_step, epochs=epochs, batch_size=batch_size,
                   num_items_per_class=num_items_per_class, device=torch_device, preprocess_fn=preprocess_fn,
                   collate_fn=collate_fn, callbacks=all_callbacks, seed=seed,
                   gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
-                  mixed_precision=mixed_precision, eval_k=eval_k, eval_distance=eval_distance)
+                  mixed_precision=mixed_precision, eval_k=eval_k, eval_distance=eval_distance,
+                  distributed=use_distributed)
     if resume_from is not None:
         from executors.tuner.checkpoint import restore_training_checkpoint
 
