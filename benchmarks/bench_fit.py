@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from timing import seconds
 
 from executors.models.builders import build_model

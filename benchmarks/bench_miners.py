@@ -16,7 +16,6 @@ from pathlib import Path
 import pytorch_metric_learning
 import torch
 from pytorch_metric_learning import distances, miners
-
 from timing import seconds
 
 from executors.tuner.miners import AllTripletsMiner, TripletEasyHardMiner

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from executors.embedding import embed
 from executors.errors import InputError
 from executors.index import DocumentStore, StoredDoc
 from executors.metrics import evaluate_embeddings
@@ -27,7 +28,6 @@ from executors.plots import plot_history
 from executors.tuner.callbacks import Callback
 from executors.tuner.data import to_labeled_items
 from executors.tuner.losses import get_loss
-from executors.embedding import embed
 from executors.tuner.trainer import fit
 
 FIT_DEFAULTS = {'epochs': 10, 'batch_size': 256, 'learning_rate': 1e-3, 'loss': 'SiameseLoss', 'loss_kwargs': {},

@@ -3,12 +3,12 @@ from typing import Dict
 
 from jina import Executor, requests
 
+from executors.embedding import doc_content
 from executors.errors import InputError
 from executors.models import ModelStore
 from executors.models.runtime import VersionedEncoder
 from executors.parameters import require_docs, validate_parameters
 from executors.schema import Doc, DocList, Report, report
-from executors.embedding import doc_content
 
 
 class Encoder(Executor):

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from executors.embedding import to_device
 from executors.errors import InputError
 from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
-from executors.embedding import to_device
 from executors.tuner.data import LabeledItems, make_batch, to_labeled_items
 
 OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD,

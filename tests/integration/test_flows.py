@@ -1,6 +1,7 @@
 """Start flows/train.yml and flows/search.yml as `jina flow --uses` processes and talk to them
 with jina's Client over gRPC and with httpx over HTTP."""
 import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -8,14 +9,11 @@ import pytest
 from jina import Client
 from sklearn.datasets import make_swiss_roll
 
+from executors.embedding import embed
 from executors.flow_process import FlowProcess
-from executors.metrics import nearest_neighbours
 from executors.models import ModelStore
 from executors.schema import Doc, DocList, Report
 from executors.swap import hot_swap
-from executors.embedding import embed
-
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from executors.embedding import embed
 from executors.errors import InputError
 from executors.models import ModelStore, build_model
 from executors.models.runtime import VersionedEncoder
-from executors.embedding import embed
 
 MLP = {'builder': 'mlp', 'kwargs': {'layer_sizes': [3, 5]}}
 

@@ -9,36 +9,32 @@ import pytest
 import torch
 from torch import nn
 
+from executors.embedding import embed
 from executors.errors import InputError
 from executors.metrics import evaluate_embeddings
 from executors.models import serialization
-from executors.models.builders import build_model
-from executors.tuner.callbacks import (BestModelCheckpoint, Callback, EarlyStopping, EvaluationCallback,
-                                       MetricsLogger, TensorBoardLogger, TrainingCheckpoint, WandBLogger)
+from executors.tuner.callbacks import (
+    BestModelCheckpoint,
+    Callback,
+    EarlyStopping,
+    EvaluationCallback,
+    MetricsLogger,
+    TensorBoardLogger,
+    TrainingCheckpoint,
+    WandBLogger,
+)
 from executors.tuner.checkpoint import flatten_state, unflatten_state
-from executors.embedding import embed
 from executors.tuner.trainer import fit
+from tests.tuner.helpers import blobs, mlp
 
 HOOKS = ('on_fit_begin', 'on_epoch_begin', 'on_train_epoch_begin', 'on_train_batch_begin', 'on_train_batch_end',
          'on_train_epoch_end', 'on_val_begin', 'on_val_batch_begin', 'on_val_batch_end', 'on_val_end',
          'on_epoch_end', 'on_fit_end', 'on_keyboard_interrupt')
 
 
-def mlp(*sizes, seed=0):
-    return build_model({'builder': 'mlp', 'kwargs': {'layer_sizes': list(sizes)}}, seed=seed)
-
-
-def blobs(per_class=8, classes=3, dim=4, seed=0):
-    """Gaussian blobs: ``(X float32 [per_class * classes, dim], y int [N])``."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, (classes, dim))
-    y = np.repeat(np.arange(classes), per_class)
-    return (centres[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32), y
-
-
 def quick_fit(callbacks, epochs=3, eval_data=None, model=None, **kwargs):
     kwargs.setdefault('batch_size', 8)
-    return fit(model or mlp(4, 8, 3), blobs(), eval_data, epochs=epochs, callbacks=callbacks, seed=0,
+    return fit(model or mlp(4, 8, 3), blobs(per_class=8), eval_data, epochs=epochs, callbacks=callbacks, seed=0,
                progress_bar=False, **kwargs)
 
 
@@ -150,7 +146,7 @@ def test_evaluation_callback_leave_one_out_caps_k_and_rejects_unlabelled_data():
     with pytest.raises(InputError, match='query_data: has no labels'):
         EvaluationCallback([Doc(tensor=np.zeros(4, dtype=np.float32)) for _ in range(3)])
     with pytest.raises(InputError, match='distance'):
-        EvaluationCallback(blobs(), distance='manhattan')
+        EvaluationCallback(blobs(per_class=8), distance='manhattan')
 
 
 # ---------------------------------------------------------------- early stopping
@@ -262,7 +258,7 @@ def adam_with_step_lr(model):
 
 
 def resumable_fit(callbacks, resume_from=None):
-    return fit(mlp(4, 8, 3), blobs(), blobs(per_class=4, seed=1), epochs=3, batch_size=8,
+    return fit(mlp(4, 8, 3), blobs(per_class=8), blobs(per_class=4, seed=1), epochs=3, batch_size=8,
                configure_optimizer=adam_with_step_lr, scheduler_step='epoch', preprocess_fn=noisy,
                callbacks=callbacks, seed=0, progress_bar=False, resume_from=resume_from)
 
@@ -310,7 +306,7 @@ def test_resume_with_a_loss_that_has_parameters(tmp_path):
     from executors.tuner.losses import ArcFaceLoss
 
     def run(callbacks, resume_from=None):
-        return fit(mlp(4, 8, 3), blobs(), blobs(per_class=4, seed=1), loss=ArcFaceLoss(3, 3), epochs=2,
+        return fit(mlp(4, 8, 3), blobs(per_class=8), blobs(per_class=4, seed=1), loss=ArcFaceLoss(3, 3), epochs=2,
                    batch_size=8, callbacks=callbacks, seed=0, progress_bar=False, resume_from=resume_from)
 
     model_a = run([TrainingCheckpoint(tmp_path / 'ckpt', last_k_epochs=2), BestModelCheckpoint(tmp_path)])

@@ -14,9 +14,17 @@ import torch
 from executors.errors import InputError
 from executors.models import load
 from executors.tuner import distributed as dist_utils
-from executors.tuner.callbacks import (BestModelCheckpoint, Callback, EarlyStopping, EvaluationCallback,
-                                       MetricsLogger, ProgressBar, TensorBoardLogger, TrainingCheckpoint,
-                                       WandBLogger)
+from executors.tuner.callbacks import (
+    BestModelCheckpoint,
+    Callback,
+    EarlyStopping,
+    EvaluationCallback,
+    MetricsLogger,
+    ProgressBar,
+    TensorBoardLogger,
+    TrainingCheckpoint,
+    WandBLogger,
+)
 from executors.tuner.distributed import DistributedBatchSampler, gather_batch
 from executors.tuner.samplers import ClassSampler, SessionSampler, ShuffleSampler
 

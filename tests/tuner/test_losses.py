@@ -7,8 +7,16 @@ from torch import nn
 
 from executors.errors import InputError
 from executors.tuner.distances import DISTANCES
-from executors.tuner.losses import (LOSSES, ArcFaceLoss, MultipleNegativesRankingLoss, MultiSimilarityLoss,
-                                    NTXentLoss, SiameseLoss, TripletLoss, get_loss)
+from executors.tuner.losses import (
+    LOSSES,
+    ArcFaceLoss,
+    MultipleNegativesRankingLoss,
+    MultiSimilarityLoss,
+    NTXentLoss,
+    SiameseLoss,
+    TripletLoss,
+    get_loss,
+)
 from executors.tuner.miners import AllPairsMiner, AllTripletsMiner, SessionMiner, TripletEasyHardMiner
 
 DTYPES = [torch.float32, torch.float64]

@@ -5,8 +5,14 @@ import torch
 
 from executors.errors import InputError
 from executors.tuner.distances import DISTANCES, pairwise_distance
-from executors.tuner.miners import (STRATEGIES, AllPairsMiner, AllTripletsMiner, SessionMiner, SiameseEasyHardMiner,
-                                    TripletEasyHardMiner)
+from executors.tuner.miners import (
+    STRATEGIES,
+    AllPairsMiner,
+    AllTripletsMiner,
+    SessionMiner,
+    SiameseEasyHardMiner,
+    TripletEasyHardMiner,
+)
 
 ALL_COMBINATIONS = list(itertools.product(STRATEGIES, STRATEGIES))
 TRIPLET_COMBINATIONS = [c for c in ALL_COMBINATIONS if c != ('semihard', 'semihard')]

@@ -6,27 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from executors.embedding import embed
 from executors.errors import InputError
 from executors.metrics import evaluate_embeddings
-from executors.models.builders import build_model
 from executors.schema import Doc, Match
 from executors.tuner.callbacks import Callback
 from executors.tuner.losses import SiameseLoss, TripletLoss
 from executors.tuner.miners import TripletEasyHardMiner
-from executors.embedding import embed
 from executors.tuner.trainer import fit
-
-
-def mlp(*sizes, seed=0):
-    return build_model({'builder': 'mlp', 'kwargs': {'layer_sizes': list(sizes)}}, seed=seed)
-
-
-def blobs(per_class=10, classes=3, dim=4, seed=0):
-    """Gaussian blobs: ``(X float32 [per_class * classes, dim], y int [N])``."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, (classes, dim))
-    y = np.repeat(np.arange(classes), per_class)
-    return (centres[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32), y
+from tests.tuner.helpers import blobs, mlp
 
 
 def weights(model):
