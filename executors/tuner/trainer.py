@@ -1,4 +1,4 @@
-"""The training loop behind :func:`fit`, and :func:`embed`.
+"""The training loop behind :func:`fit` (embedding inference is :mod:`executors.embedding`).
 
 ``fit`` tunes any ``torch.nn.Module`` mapping a batch of inputs to embeddings ``[B, D]``
 with a metric-learning loss ``loss(embeddings [B, D], labels [B]) -> scalar``.
