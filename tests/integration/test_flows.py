@@ -137,6 +137,9 @@ def test_search_answers_and_hot_swap_never_mixes_versions(flows, points):
     ('/fit', [], {'epoch': 3}, 'parameters.epoch: unknown parameter'),
     ('/fit', [], {'eval_fraction': 2.0}, 'eval_fraction'),
     ('/fit', [], {'loss': 'Nope'}, 'loss'),
+    ('/evaluate', [{'text': 'no vector'}], {}, 'no label from rule'),
+    ('/evaluate', [{'tensor': [1.0, 2.0, 3.0]}, {'tensor': [2.0, 1.0, 3.0]}], {'version': 99}, 'has no version 99'),
+    ('/status', [], {'verbose': True}, 'parameters.verbose: unknown parameter'),
 ])
 def test_train_flow_bad_input_gets_clear_errors(flows, endpoint, data, parameters, message):
     response = _post_http(flows['train_http'], endpoint, data, **parameters)
@@ -154,6 +157,8 @@ def test_train_flow_bad_input_gets_clear_errors(flows, endpoint, data, parameter
     ('/index', [{'text': 'no vector'}], {}, 'tensor'),
     ('/model/activate', [], {'version': 9}, 'version'),
     ('/model/reindex', [], {}, 'parameters.version: required'),
+    ('/model/missing', [], {}, 'parameters.version: required'),
+    ('/model/prepare', [], {'version': 99}, 'has no version 99'),
 ])
 def test_search_flow_bad_input_gets_clear_errors(flows, endpoint, data, parameters, message):
     before = _post_http(flows['search_http'], '/model/status').json()['data'][0]['data']['indexer']['num_docs']
