@@ -9,7 +9,18 @@ Shared behaviour:
 * a batch without any term the loss is defined on (e.g. no valid triplet) gives ``embeddings.sum() * 0``:
   a zero that keeps the autograd graph, so ``backward()`` still works (zero gradients);
 * ``s(x, y)`` is cosine similarity, ``d(x, y)`` the loss's ``distance``
-  (see :mod:`executors.tuner.distances`).
+  (see :mod:`executors.tuner.distances`);
+* every loss takes an optional ``miner``. :class:`TripletLoss` takes a triplet miner
+  ``(anchor, positive, negative)``, the others a pair miner
+  ``miner(embeddings, labels) -> (pos_i, pos_j, neg_i, neg_j)`` (e.g.
+  :class:`~executors.tuner.miners.SiameseEasyHardMiner`), called without gradient. Each loss's docstring
+  says how the mined pairs enter it. :class:`SiameseLoss` and :class:`TripletLoss` use each mined
+  tuple as listed. The other losses take the mined pairs as sets (a pair listed twice counts once), and
+  for the per-anchor ones (:class:`NTXentLoss`, :class:`MultipleNegativesRankingLoss`,
+  :class:`MultiSimilarityLoss`) a pair ``(i, j)`` is directed: ``i`` is the anchor, as the miners'
+  selections are per anchor (so :class:`~executors.tuner.miners.AllPairsMiner`, which lists each pair
+  once with ``i < j``, gives each pair to its smaller index only). Mining that gives no term of the loss
+  gives the graph-keeping zero. ``miner=None`` is the behaviour without mining described in each docstring.
 
 :func:`get_loss` builds a loss from its class name.
 """
@@ -58,6 +69,23 @@ def _positive_mask(labels: Tensor) -> Tensor:
     """``[B, B]`` bool: same label, off the diagonal."""
     same = labels[:, None] == labels[None, :]
     return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+
+
+def _mined_pair_masks(miner, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``[B, B]`` bool masks of the pairs ``miner`` returns: ``pos[i, j]`` for each mined positive pair
+    ``(i, j)``, ``neg[i, j]`` for each mined negative pair (mining runs without gradient)."""
+    with torch.no_grad():
+        mined = miner(embeddings.detach(), labels)
+    if not isinstance(mined, (tuple, list)) or len(mined) != 4:
+        raise InputError(f'miner: a pair miner must return (pos_i, pos_j, neg_i, neg_j), got '
+                         f'{type(mined).__name__}{f" of {len(mined)}" if isinstance(mined, (tuple, list)) else ""}; '
+                         'use a pair miner such as SiameseEasyHardMiner')
+    pos_i, pos_j, neg_i, neg_j = (torch.as_tensor(index, device=labels.device).long() for index in mined)
+    pos = torch.zeros(len(labels), len(labels), dtype=torch.bool, device=labels.device)
+    neg = torch.zeros_like(pos)
+    pos[pos_i, pos_j] = True
+    neg[neg_i, neg_j] = True
+    return pos, neg
 
 
 def _log1p_sum_exp(values: Tensor, mask: Tensor) -> Tensor:
@@ -147,13 +175,27 @@ class NTXentLoss(BatchLoss):
     ``P(i)``: the other items with ``i``'s label; the denominator runs over every other item of the
     batch (positives included). With exactly two items per label this is SimCLR's NT-Xent. No anchor
     with a positive gives the graph-keeping zero.
+
+    With a pair ``miner`` the loss is the pairwise NT-Xent over the mined pairs (as
+    pytorch-metric-learning's ``NTXentLoss`` with an ``indices_tuple``)::
+
+        loss_ap = -log( exp(s(a, p) / t) / (exp(s(a, p) / t) + sum_{n in N_m(a)} exp(s(a, n) / t)) )
+        loss    = mean of loss_ap over the mined positive pairs (a, p)
+
+    ``N_m(a)``: the items ``n`` of the mined negative pairs ``(a, n)`` (an empty set gives
+    ``loss_ap = 0``). Other positives of ``a`` are not in the denominator, so a miner listing every
+    ordered pair reproduces the default only with two items per label. No mined positive pair gives
+    the graph-keeping zero.
     """
 
-    def __init__(self, temperature: float = 0.1):
+    def __init__(self, temperature: float = 0.1, miner=None):
         super().__init__()
         self.temperature = _check_number(temperature, 'temperature', above=0)
+        self.miner = miner
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if self.miner is not None:
+            return self._mined_loss(embeddings, labels)
         positives = _positive_mask(labels)
         has_positive = positives.any(1)
         if not has_positive.any():
@@ -163,6 +205,19 @@ class NTXentLoss(BatchLoss):
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         per_anchor = -log_prob.masked_fill(~positives, 0).sum(1) / positives.sum(1).clamp_min(1)
         return per_anchor[has_positive].mean()
+
+    def _mined_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+        anchor, positive = positives.nonzero(as_tuple=True)
+        if len(anchor) == 0:
+            return _zero(embeddings)
+        logits = _cosine_similarity(embeddings) / self.temperature
+        has_negative = negatives.any(1)
+        # rows without a negative are filled with 0 (not -inf) and then replaced, so no NaN gradient
+        negative_lse = torch.where(has_negative, torch.logsumexp(
+            logits.masked_fill(~negatives & has_negative[:, None], -torch.inf), dim=1), -torch.inf)
+        # -log(e^x / (e^x + e^y)) = softplus(y - x)
+        return F.softplus(negative_lse[anchor] - logits[anchor, positive]).mean()
 
 
 class MultipleNegativesRankingLoss(BatchLoss):
@@ -176,11 +231,23 @@ class MultipleNegativesRankingLoss(BatchLoss):
 
     i.e. cross entropy of each anchor against every positive of the batch. An empty batch gives the
     graph-keeping zero.
+
+    With a pair ``miner`` (called on the whole batch) an anchor's in-batch negatives are only the
+    mined ones::
+
+        loss = mean over k with (a_k, p_k) mined positive of
+               -log( exp(scale * s(a_k, p_k)) / sum_{l in {k} + M(k)} exp(scale * s(a_k, p_l)) )
+
+    ``M(k)``: the ``l != k`` with ``(a_k, p_l)`` a mined negative pair. The anchor's own positive always
+    stays in the softmax; mined pairs of another form (e.g. ``(p_k, a_k)``, ``(a_k, a_l)``) are ignored.
+    ``SiameseEasyHardMiner('all', 'all')`` reproduces the default. No mined ``(a_k, p_k)`` gives the
+    graph-keeping zero.
     """
 
-    def __init__(self, scale: float = 20.0):
+    def __init__(self, scale: float = 20.0, miner=None):
         super().__init__()
         self.scale = _check_number(scale, 'scale', above=0)
+        self.miner = miner
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if len(labels) == 0:
@@ -193,7 +260,16 @@ class MultipleNegativesRankingLoss(BatchLoss):
                              'Sample two items per label')
         anchor, positive = torch.argsort(pair_of_item, stable=True).view(-1, 2).unbind(1)
         logits = self.scale * _cosine_similarity(embeddings[anchor], embeddings[positive])
-        return F.cross_entropy(logits, torch.arange(len(anchor), device=labels.device))
+        if self.miner is None:
+            return F.cross_entropy(logits, torch.arange(len(anchor), device=labels.device))
+        positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+        has_term = positives[anchor, positive]
+        if not has_term.any():
+            return _zero(embeddings)
+        in_softmax = negatives[anchor[:, None], positive[None, :]]
+        in_softmax.fill_diagonal_(True)
+        per_pair = torch.logsumexp(logits.masked_fill(~in_softmax, -torch.inf), dim=1) - logits.diagonal()
+        return per_pair[has_term].mean()
 
 
 class ArcFaceLoss(BatchLoss):
@@ -206,14 +282,22 @@ class ArcFaceLoss(BatchLoss):
     The fallback past ``pi - margin`` keeps the target logit decreasing in ``theta`` (as insightface and
     pytorch-metric-learning do). Labels must lie in ``[0, num_classes)`` and embeddings have
     ``embedding_dim`` columns, else :class:`InputError`. An empty batch gives the graph-keeping zero.
+
+    With a pair ``miner`` the mean runs only over the items ``i`` that occur in any mined pair (either
+    position, positive or negative pair), each once; no mined pair gives the graph-keeping zero.
+    (pytorch-metric-learning instead weights every item by its number of occurrences over the largest
+    one, averages over the whole batch, and treats an empty mining result as no mining: with every mined
+    item occurring equally often its value is this loss times ``#mined items / B``.)
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 64.0):
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 64.0,
+                 miner=None):
         super().__init__()
         self.num_classes = _check_positive_int(num_classes, 'num_classes')
         self.embedding_dim = _check_positive_int(embedding_dim, 'embedding_dim')
         self.margin = _check_number(margin, 'margin', minimum=0, below=math.pi)
         self.scale = _check_number(scale, 'scale', above=0)
+        self.miner = miner
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.normal_(self.weight)
 
@@ -226,6 +310,12 @@ class ArcFaceLoss(BatchLoss):
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise InputError(f'labels: ArcFaceLoss expects class ids in [0, {self.num_classes}), got values in '
                              f'[{labels.min().item()}, {labels.max().item()}]; map labels to 0..num_classes-1')
+        if self.miner is not None:
+            positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+            mined = positives.any(0) | positives.any(1) | negatives.any(0) | negatives.any(1)
+            if not mined.any():
+                return _zero(embeddings)
+            embeddings, labels = embeddings[mined], labels[mined]
         labels = labels.long()
         cosine = _cosine_similarity(embeddings, self.weight.to(embeddings.dtype))
         target_cos = cosine.gather(1, labels[:, None]).clamp(-1, 1)
@@ -246,22 +336,36 @@ class MultiSimilarityLoss(BatchLoss):
 
     ``P(i)``: other items with ``i``'s label, ``N(i)``: items with another label (an empty set adds 0).
     Fewer than two items give the graph-keeping zero.
+
+    With a pair ``miner``, ``P(i)`` is the set of ``p`` with ``(i, p)`` a mined positive pair and
+    ``N(i)`` that of ``n`` with ``(i, n)`` a mined negative pair (pairs directed, as
+    pytorch-metric-learning's ``MultiSimilarityLoss`` with an ``indices_tuple``), and the mean runs over
+    the anchors ``i`` with at least one mined pair; no mined pair gives the graph-keeping zero. A miner
+    listing every ordered pair reproduces the default (there, every anchor has a pair). PML averages
+    over all ``B`` items instead, so it equals this loss times ``#anchors / B``.
     """
 
-    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5):
+    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, miner=None):
         super().__init__()
         self.alpha = _check_number(alpha, 'alpha', above=0)
         self.beta = _check_number(beta, 'beta', above=0)
         self.base = _check_number(base, 'base')
+        self.miner = miner
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if len(labels) < 2:
             return _zero(embeddings)
+        if self.miner is None:
+            positives, negatives = _positive_mask(labels), labels[:, None] != labels[None, :]
+        else:
+            positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+        is_anchor = positives.any(1) | negatives.any(1)
+        if not is_anchor.any():
+            return _zero(embeddings)
         similarity = _cosine_similarity(embeddings)
-        negatives = labels[:, None] != labels[None, :]
-        pos_term = _log1p_sum_exp(-self.alpha * (similarity - self.base), _positive_mask(labels)) / self.alpha
+        pos_term = _log1p_sum_exp(-self.alpha * (similarity - self.base), positives) / self.alpha
         neg_term = _log1p_sum_exp(self.beta * (similarity - self.base), negatives) / self.beta
-        return (pos_term + neg_term).mean()
+        return (pos_term + neg_term)[is_anchor].mean()
 
 
 LOSSES = {cls.__name__: cls for cls in (SiameseLoss, TripletLoss, NTXentLoss, MultipleNegativesRankingLoss,

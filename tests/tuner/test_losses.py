@@ -17,7 +17,13 @@ from executors.tuner.losses import (
     TripletLoss,
     get_loss,
 )
-from executors.tuner.miners import AllPairsMiner, AllTripletsMiner, SessionMiner, TripletEasyHardMiner
+from executors.tuner.miners import (
+    AllPairsMiner,
+    AllTripletsMiner,
+    SessionMiner,
+    SiameseEasyHardMiner,
+    TripletEasyHardMiner,
+)
 
 DTYPES = [torch.float32, torch.float64]
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3, 1, 4]  # a singleton class, uneven class sizes
@@ -425,3 +431,233 @@ def test_get_loss():
         get_loss(built, temperature=0.5)
     with pytest.raises(InputError, match='^loss: unknown loss 3'):
         get_loss(3)
+
+
+# ---- losses with a pair miner ------------------------------------------------------------------------------
+
+class FixedPairMiner:
+    """Returns the given ``(pos_i, pos_j, neg_i, neg_j)`` whatever the batch."""
+
+    def __init__(self, pos_pairs, neg_pairs):
+        self.pairs = [torch.tensor([pair[k] for pair in pairs], dtype=torch.long)
+                      for pairs in (pos_pairs, neg_pairs) for k in (0, 1)]
+
+    def __call__(self, embeddings, labels):
+        assert not embeddings.requires_grad  # mining runs without gradient
+        return tuple(self.pairs)
+
+
+def mined_pairs(miner, x, y):
+    pos_i, pos_j, neg_i, neg_j = (t.tolist() for t in miner(x.detach(), y))
+    return set(zip(pos_i, pos_j)), set(zip(neg_i, neg_j))
+
+
+def all_ordered_pairs(labels):
+    return ([(i, j) for i, j in itertools.permutations(range(len(labels)), 2) if labels[i] == labels[j]],
+            [(i, j) for i, j in itertools.permutations(range(len(labels)), 2) if labels[i] != labels[j]])
+
+
+def reference_mined_multi_similarity(x, pos, neg, alpha, beta, base):
+    terms = []
+    for i in sorted({i for i, _ in pos | neg}):
+        pos_sum = sum(math.exp(-alpha * (cos_sim(x[i], x[p]) - base)) for a, p in pos if a == i)
+        neg_sum = sum(math.exp(beta * (cos_sim(x[i], x[n]) - base)) for a, n in neg if a == i)
+        terms.append(math.log(1 + pos_sum) / alpha + math.log(1 + neg_sum) / beta)
+    return sum(terms) / len(terms)
+
+
+def reference_mined_ntxent(x, pos, neg, temperature):
+    terms = []
+    for a, p in sorted(pos):
+        numerator = math.exp(cos_sim(x[a], x[p]) / temperature)
+        denominator = numerator + sum(math.exp(cos_sim(x[a], x[n]) / temperature) for i, n in neg if i == a)
+        terms.append(-math.log(numerator / denominator))
+    return sum(terms) / len(terms)
+
+
+def reference_mined_mnrl(x, y, pos, neg, scale):
+    items = {}
+    for i, label in enumerate(y):
+        items.setdefault(label, []).append(i)
+    pairs = list(items.values())
+    terms = []
+    for k, (anchor, positive) in enumerate(pairs):
+        if (anchor, positive) in pos:
+            logits = [scale * cos_sim(x[anchor], x[other]) for l, (_, other) in enumerate(pairs)
+                      if l == k or (anchor, other) in neg]
+            terms.append(log_sum_exp(logits) - scale * cos_sim(x[anchor], x[positive]))
+    return sum(terms) / len(terms)
+
+
+def reference_mined_arcface(x, y, pos, neg, weight, margin, scale):
+    items = sorted({i for pair in pos | neg for i in pair})
+    return reference_arcface([x[i] for i in items], [y[i] for i in items], weight, margin, scale)
+
+
+# LABELS: anchor 2 has only a negative pair, 5 only a positive one, 4, 6, 8 anchor none; (0, 3) listed twice
+FIXED_MINER = FixedPairMiner(pos_pairs=[(0, 1), (0, 2), (1, 0), (3, 4), (3, 8), (5, 6)],
+                             neg_pairs=[(0, 3), (0, 9), (2, 5), (7, 0), (9, 1), (0, 3), (1, 7)])
+# labels [3, 1, 7, 1, 3, 0, 7, 0]: (anchor, positive) = (0, 4), (1, 3), (2, 6), (5, 7); only (5, 7) and (1, 3)
+# are mined as such; (4, 0), (1, 2), (3, 5), (2, 7) are of another form and ignored
+MNRL_LABELS = [3, 1, 7, 1, 3, 0, 7, 0]
+MNRL_FIXED_MINER = FixedPairMiner(pos_pairs=[(5, 7), (1, 3), (4, 0)],
+                                  neg_pairs=[(5, 3), (5, 4), (1, 6), (1, 2), (3, 5), (2, 7)])
+HARD_MINER = SiameseEasyHardMiner('hard', 'hard')
+MINERS = {'fixed': FIXED_MINER, 'hard': HARD_MINER}
+
+
+@pytest.mark.parametrize('miner', MINERS.values(), ids=MINERS.keys())
+def test_mined_multi_similarity_matches_loop(miner):
+    x, y = batch(torch.float64)
+    pos, neg = mined_pairs(miner, x, y)
+    expected = reference_mined_multi_similarity(x.tolist(), pos, neg, 2.0, 10.0, 0.3)
+    loss = MultiSimilarityLoss(alpha=2.0, beta=10.0, base=0.3, miner=miner)
+    torch.testing.assert_close(loss(x, y), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('miner', MINERS.values(), ids=MINERS.keys())
+def test_mined_ntxent_matches_loop(miner):
+    x, y = batch(torch.float64)
+    pos, neg = mined_pairs(miner, x, y)
+    expected = reference_mined_ntxent(x.tolist(), pos, neg, 0.2)
+    torch.testing.assert_close(NTXentLoss(temperature=0.2, miner=miner)(x, y),
+                               torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_mined_ntxent_anchor_without_negative_adds_zero():
+    x, y = batch(torch.float64)
+    miner = FixedPairMiner(pos_pairs=[(0, 1), (3, 4)], neg_pairs=[(0, 5)])  # anchor 3 has no negative
+    expected = reference_mined_ntxent(x.tolist(), {(0, 1), (3, 4)}, {(0, 5)}, 0.2)
+    x.requires_grad_()
+    value = NTXentLoss(temperature=0.2, miner=miner)(x, y)
+    torch.testing.assert_close(value, torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+    value.backward()
+    assert torch.isfinite(x.grad).all() and not x.grad[[3, 4]].any()
+
+
+@pytest.mark.parametrize('miner', [MNRL_FIXED_MINER, HARD_MINER], ids=['fixed', 'hard'])
+def test_mined_mnrl_matches_loop(miner):
+    x, y = batch(torch.float64, labels=MNRL_LABELS)
+    pos, neg = mined_pairs(miner, x, y)
+    expected = reference_mined_mnrl(x.tolist(), y.tolist(), pos, neg, 10.0)
+    torch.testing.assert_close(MultipleNegativesRankingLoss(scale=10.0, miner=miner)(x, y),
+                               torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+ARCFACE_MINER = FixedPairMiner(pos_pairs=[(0, 1)], neg_pairs=[(2, 5), (5, 9)])  # items 0, 1, 2, 5, 9
+
+
+@pytest.mark.parametrize('miner', [ARCFACE_MINER, HARD_MINER], ids=['fixed', 'hard'])
+def test_mined_arcface_matches_loop(miner):
+    x, y = batch(torch.float64)
+    pos, neg = mined_pairs(miner, x, y)
+    loss = ArcFaceLoss(num_classes=5, embedding_dim=6, margin=0.4, scale=30.0, miner=miner).double()
+    with torch.no_grad():
+        loss.weight[0] = -x[0]
+    expected = reference_mined_arcface(x.tolist(), y.tolist(), pos, neg, loss.weight.tolist(), 0.4, 30.0)
+    torch.testing.assert_close(loss(x, y), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_miner_listing_every_ordered_pair_reproduces_default():
+    x, y = batch(torch.float64)
+    every_pair = FixedPairMiner(*all_ordered_pairs(y.tolist()))
+    torch.testing.assert_close(MultiSimilarityLoss(beta=10.0, miner=every_pair)(x, y),
+                               MultiSimilarityLoss(beta=10.0)(x, y))
+    x, y = batch(torch.float64, labels=MNRL_LABELS)  # two items per label: NT-Xent = SupCon
+    every_pair = FixedPairMiner(*all_ordered_pairs(y.tolist()))
+    torch.testing.assert_close(NTXentLoss(temperature=0.3, miner=every_pair)(x, y), NTXentLoss(temperature=0.3)(x, y))
+    torch.testing.assert_close(MultipleNegativesRankingLoss(miner=SiameseEasyHardMiner('all', 'all'))(x, y),
+                               MultipleNegativesRankingLoss()(x, y))
+    mined_arcface = ArcFaceLoss(num_classes=8, embedding_dim=6, miner=every_pair).double()
+    arcface = ArcFaceLoss(num_classes=8, embedding_dim=6).double()
+    arcface.load_state_dict(mined_arcface.state_dict())
+    torch.testing.assert_close(mined_arcface(x, y), arcface(x, y))
+
+
+MINED_GRAD_CASES = [
+    (lambda miner: NTXentLoss(miner=miner), [0, 0, 0, 1, 1, 2],
+     FixedPairMiner([(0, 1), (0, 2), (2, 1), (3, 4)], [(0, 3), (0, 5), (2, 4), (3, 0), (5, 1)])),
+    (lambda miner: MultipleNegativesRankingLoss(miner=miner), [0, 1, 2, 0, 1, 2],
+     FixedPairMiner([(0, 3), (1, 4)], [(0, 4), (0, 5), (1, 5)])),
+    (lambda miner: ArcFaceLoss(num_classes=3, embedding_dim=4, miner=miner), [0, 0, 1, 1, 2, 2],
+     FixedPairMiner([(0, 1)], [(0, 4), (5, 2)])),
+    (lambda miner: MultiSimilarityLoss(miner=miner), [0, 0, 1, 1, 2, 2],
+     FixedPairMiner([(0, 1), (3, 2), (4, 5)], [(0, 2), (0, 5), (1, 3), (3, 4)])),
+]
+
+
+@pytest.mark.parametrize('make_loss, labels, miner', MINED_GRAD_CASES,
+                         ids=['NTXentLoss', 'MNRL', 'ArcFaceLoss', 'MultiSimilarityLoss'])
+@pytest.mark.parametrize('use_hard_miner', [False, True], ids=['fixed', 'hard'])
+def test_mined_gradcheck(make_loss, labels, miner, use_hard_miner):
+    torch.manual_seed(0)
+    loss = make_loss(HARD_MINER if use_hard_miner else miner).double()
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(labels)
+    assert torch.autograd.gradcheck(lambda e: loss(e, y), (x,))
+
+
+@pytest.mark.parametrize('make_loss', [
+    lambda miner: NTXentLoss(miner=miner), lambda miner: MultipleNegativesRankingLoss(miner=miner),
+    lambda miner: ArcFaceLoss(num_classes=5, embedding_dim=4, miner=miner),
+    lambda miner: MultiSimilarityLoss(miner=miner)], ids=['NTXentLoss', 'MNRL', 'ArcFaceLoss', 'MultiSimilarityLoss'])
+def test_miner_without_pairs_gives_graph_keeping_zero(make_loss):
+    assert_graph_keeping_zero(make_loss(FixedPairMiner([], [])), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+    # a miner that finds nothing: no anchor has both a positive and a negative
+    assert_graph_keeping_zero(make_loss(HARD_MINER), torch.randn(2, 4), torch.tensor([1, 1]))
+
+
+def test_ntxent_without_mined_positive_gives_graph_keeping_zero():
+    loss = NTXentLoss(miner=FixedPairMiner([], [(0, 1), (2, 3)]))
+    assert_graph_keeping_zero(loss, torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))
+
+
+def test_pair_miner_output_is_checked():
+    loss = MultiSimilarityLoss(miner=AllTripletsMiner())
+    with pytest.raises(InputError, match=r'^miner: a pair miner must return \(pos_i, pos_j, neg_i, neg_j\), got '
+                                         r'tuple of 3'):
+        loss(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]))
+
+
+def pml_tuple(miner, x, y):
+    pos, neg = mined_pairs(miner, x, y)
+    return tuple(torch.tensor([pair[k] for pair in sorted(pairs)], dtype=torch.long)
+                 for pairs in (pos, neg) for k in (0, 1))
+
+
+PML_FIXED_MINER = FixedPairMiner(pos_pairs=[(0, 1), (0, 2), (1, 0), (3, 4), (5, 6), (9, 10)],
+                                 neg_pairs=[(0, 3), (0, 9), (2, 5), (7, 0), (9, 1), (1, 7)])  # anchors 0 1 2 3 5 7 9
+
+
+@pytest.mark.parametrize('miner', [PML_FIXED_MINER, HARD_MINER], ids=['fixed', 'hard'])
+def test_mined_multi_similarity_matches_pml(pml, miner):
+    _, losses, reducers = pml
+    x, y = batch(torch.float64, labels=PML_LABELS)
+    indices = pml_tuple(miner, x, y)
+    theirs = losses.MultiSimilarityLoss(alpha=2.0, beta=10.0, base=0.4, reducer=reducers.MeanReducer())
+    ours = MultiSimilarityLoss(alpha=2.0, beta=10.0, base=0.4, miner=miner)(x, y)
+    # PML averages over all B items, this loss over the anchors of mined pairs
+    anchors = len(set(indices[0].tolist()) | set(indices[2].tolist()))
+    assert anchors == (7 if miner is PML_FIXED_MINER else len(y))
+    torch.testing.assert_close(ours * anchors / len(y), theirs(x, y, indices))
+
+
+@pytest.mark.parametrize('miner', [PML_FIXED_MINER, HARD_MINER], ids=['fixed', 'hard'])
+def test_mined_ntxent_matches_pml(pml, miner):
+    _, losses, reducers = pml
+    x, y = batch(torch.float64, labels=PML_LABELS)
+    theirs = losses.NTXentLoss(temperature=0.25, reducer=reducers.MeanReducer())
+    torch.testing.assert_close(NTXentLoss(temperature=0.25, miner=miner)(x, y), theirs(x, y, pml_tuple(miner, x, y)))
+
+
+def test_mined_arcface_relates_to_pml(pml):
+    _, losses, reducers = pml
+    x, y = batch(torch.float64, labels=PML_LABELS)
+    miner = FixedPairMiner(pos_pairs=[(0, 1), (3, 4)], neg_pairs=[(2, 5), (7, 9)])  # 8 items, each once
+    ours = ArcFaceLoss(num_classes=5, embedding_dim=6, margin=0.5, scale=64.0, miner=miner).double()
+    theirs = losses.ArcFaceLoss(num_classes=5, embedding_size=6, margin=math.degrees(0.5), scale=64.0,
+                                reducer=reducers.MeanReducer()).double()
+    with torch.no_grad():
+        theirs.W.copy_(ours.weight.T)
+    # PML weights items by occurrence count / max count (here 1 or 0) and averages over all B items
+    torch.testing.assert_close(ours(x, y) * 8 / len(y), theirs(x, y, pml_tuple(miner, x, y)))
