@@ -101,10 +101,7 @@ def _eval_items(field: str, data):
     """``(contents, label_names_per_item)`` of labelled docs or ``(inputs, labels)``."""
     from executors.tuner.data import INSTANCE, to_labeled_items
 
-    try:
-        items = to_labeled_items(data, require_classes=1)
-    except InputError as e:
-        raise InputError(str(e).replace('train_data:', f'{field}:', 1)) from e
+    items = to_labeled_items(data, require_classes=1, field=field)
     if items.kind == INSTANCE:
         raise InputError(f'{field}: has no labels; retrieval evaluation needs labelled items '
                          '(doc.label, or (inputs, labels))')

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from executors.errors import InputError
+from executors.errors import InputError, positive_int
 from executors.tuner.distances import check_distance, pairwise_distance
 from executors.tuner.miners import AllPairsMiner, AllTripletsMiner, check_batch
 
@@ -46,12 +46,6 @@ def _check_number(value, field: str, minimum: float = None, above: float = None,
                   f'< {below:.4g}' if below is not None else '']
         raise InputError(f'{field}: must be {" and ".join(b for b in bounds if b)}, got {value!r}')
     return float(value)
-
-
-def _check_positive_int(value, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f'{field}: must be a positive integer, got {value!r}')
-    return value
 
 
 def _zero(embeddings: Tensor) -> Tensor:
@@ -293,8 +287,8 @@ class ArcFaceLoss(BatchLoss):
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 64.0,
                  miner=None):
         super().__init__()
-        self.num_classes = _check_positive_int(num_classes, 'num_classes')
-        self.embedding_dim = _check_positive_int(embedding_dim, 'embedding_dim')
+        self.num_classes = positive_int('num_classes', num_classes)
+        self.embedding_dim = positive_int('embedding_dim', embedding_dim)
         self.margin = _check_number(margin, 'margin', minimum=0, below=math.pi)
         self.scale = _check_number(scale, 'scale', above=0)
         self.miner = miner

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from executors.embedding import to_device
-from executors.errors import InputError
+from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
 from executors.tuner.data import LabeledItems, make_batch, to_labeled_items
@@ -290,8 +290,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
         raise InputError(f'model: expected a torch.nn.Module, got {type(model).__name__}')
     for name, value in (('epochs', epochs), ('batch_size', batch_size),
                         ('gradient_accumulation_steps', gradient_accumulation_steps), ('eval_k', eval_k)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f'{name}: must be a positive integer, got {value!r}')
+        positive_int(name, value)
     _check_positive('max_grad_norm', max_grad_norm)
     if scheduler_step not in SCHEDULER_STEPS:
         raise InputError(f'scheduler_step: must be one of {SCHEDULER_STEPS}, got {scheduler_step!r}')
