@@ -245,8 +245,7 @@ class SearchIndex:
             if self.store.count() == 0 and int(version) in (self.active_version, self.pending_version):
                 return [[] for _ in range(len(queries))]
             generation = self.generations.get(int(version))
-            building = int(version) == self.pending_version and (generation is None or generation.size < self.store.count())
-            if building:
+            if int(version) == self.pending_version and self.missing_count(version):
                 raise InputError(
                     f'model_version: the index generation of model version {version} is still being built '
                     f'({generation.size if generation else 0} of {self.store.count()} docs); '
@@ -276,17 +275,23 @@ class SearchIndex:
         """Add re-embedded stored docs (by doc id) to the generation of ``version``; returns
         how many were stored (ids deleted meanwhile are skipped)."""
         with self._lock:
+            if int(version) != self.pending_version:
+                raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             row_of = self.store.rows_for_ids(list(ids))
             keep = [i for i, doc_id in enumerate(ids) if doc_id in row_of]
             rows = np.asarray([row_of[ids[i]] for i in keep], dtype=np.int64)
             embeddings = embeddings[keep]
-            if int(version) != self.pending_version:
-                raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             generation = self.generations.get(int(version))
             if generation is None:
                 generation = self.generations[int(version)] = VectorIndex(embeddings.shape[1])
             generation.upsert(rows, embeddings)
             return len(rows)
+
+    def missing_count(self, version: int) -> int:
+        """How many stored docs the generation of ``version`` lacks (it holds stored rows only)."""
+        with self._lock:
+            generation = self.generations.get(int(version))
+            return self.store.count() - (generation.size if generation is not None else 0)
 
     def missing_rows(self, version: int) -> np.ndarray:
         """Rows of stored docs that the generation of ``version`` does not hold yet."""
@@ -308,7 +313,7 @@ class SearchIndex:
             missing = self.missing_rows(version)
             if version != self.pending_version:
                 raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
-            if len(missing) or (version not in self.generations and self.store.count()):
+            if len(missing):  # also covers a generation never started while docs are stored
                 raise InputError(
                     f'version: generation {version} lacks {len(missing)} of {self.store.count()} stored docs; '
                     'reindex them before activating'

@@ -58,6 +58,13 @@ def validate_parameters(endpoint: str, parameters: Dict[str, Any]) -> Dict[str, 
     return checked
 
 
+def required_parameter(endpoint: str, options: Dict[str, Any], name: str) -> Any:
+    """``options[name]``; InputError if the request did not give it."""
+    if options.get(name) is None:
+        raise InputError(f'parameters.{name}: required for {endpoint}')
+    return options[name]
+
+
 def require_docs(endpoint: str, docs) -> None:
     """InputError for an empty request to an endpoint that works on documents."""
     if docs is None or len(docs) == 0:

@@ -4,10 +4,9 @@ from typing import Dict
 from jina import Executor, requests
 
 from executors.embedding import doc_content
-from executors.errors import InputError
 from executors.models import ModelStore
 from executors.models.runtime import VersionedEncoder
-from executors.parameters import require_docs, validate_parameters
+from executors.parameters import require_docs, required_parameter, validate_parameters
 from executors.schema import Doc, DocList, Report, report
 
 
@@ -48,9 +47,7 @@ class Encoder(Executor):
 
     @requests(on='/model/reindex')
     def reindex(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
-        version = validate_parameters('/model/reindex', parameters).get('version')
-        if version is None:
-            raise InputError('parameters.version: required for /model/reindex (the prepared version)')
+        version = required_parameter('/model/reindex', validate_parameters('/model/reindex', parameters), 'version')
         if len(docs):
             vectors, version = self.encoder.embed([doc_content(d) for d in docs], version)
             for doc, vector in zip(docs, vectors):
@@ -65,9 +62,7 @@ class Encoder(Executor):
 
     @requests(on='/model/activate')
     def activate(self, parameters: Dict, **kwargs) -> DocList[Report]:
-        version = validate_parameters('/model/activate', parameters).get('version')
-        if version is None:
-            raise InputError('parameters.version: required for /model/activate')
+        version = required_parameter('/model/activate', validate_parameters('/model/activate', parameters), 'version')
         self.encoder.activate(version)
         return report({'version': version, 'encoder': self.encoder.status()})
 

@@ -7,19 +7,17 @@ from jina import Executor, requests
 
 from executors.errors import InputError
 from executors.index import SearchIndex, StoredDoc
-from executors.parameters import require_docs, validate_parameters
+from executors.parameters import require_docs, required_parameter, validate_parameters
 from executors.schema import Doc, DocList, Match, Report, report
 
 DEFAULT_LIMIT = 10
 
 
 def _version_from(docs: DocList[Report], parameters: Dict, endpoint: str) -> int:
-    version = parameters.get('version')
-    if version is None and len(docs):  # the Encoder ahead of us resolved it
-        version = docs[0].data.get('version')
-    if version is None:
-        raise InputError(f'parameters.version: required for {endpoint}')
-    return int(version)
+    options = dict(parameters)
+    if options.get('version') is None and len(docs):  # the Encoder ahead of us resolved it
+        options['version'] = docs[0].data.get('version')
+    return int(required_parameter(endpoint, options, 'version'))
 
 
 class Indexer(Executor):
@@ -84,24 +82,21 @@ class Indexer(Executor):
     @requests(on='/model/missing')
     def missing(self, parameters: Dict, **kwargs) -> DocList[Doc]:
         options = validate_parameters('/model/missing', parameters)
-        if 'version' not in options:
-            raise InputError('parameters.version: required for /model/missing')
-        docs = self.index.docs_missing_from(options['version'], options.get('limit', 256))
+        version = required_parameter('/model/missing', options, 'version')
+        docs = self.index.docs_missing_from(version, options.get('limit', 256))
         return DocList[Doc]([Doc(id=d.id, label=d.label, text=d.text, uri=d.uri, tags=d.tags, tensor=d.tensor)
                              for d in docs])
 
     @requests(on='/model/reindex')
     def reindex(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
-        version = validate_parameters('/model/reindex', parameters).get('version')
-        if version is None:
-            raise InputError('parameters.version: required for /model/reindex')
+        version = required_parameter('/model/reindex', validate_parameters('/model/reindex', parameters), 'version')
         if any(d.model_version != version for d in docs):
             raise InputError(f'docs.model_version: reindexed docs must be embedded by version {version}')
         stored = 0
         if len(docs):
             embeddings = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
             stored = self.index.reindex([d.id for d in docs], embeddings, version)
-        return report({'reindexed': stored, 'missing': int(len(self.index.missing_rows(version)))})
+        return report({'reindexed': stored, 'missing': self.index.missing_count(version)})
 
     @requests(on='/model/activate')
     def activate(self, docs: DocList[Report], parameters: Dict, **kwargs) -> DocList[Report]:
