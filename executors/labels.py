@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from executors.errors import InputError
+from executors.schema import tag_text
 from executors.specs import build_from_spec
 
 LABEL_FIELDS = ('tags', 'uri', 'tensor', 'text')
@@ -37,13 +38,6 @@ def uri_path_segments(uri: str) -> list[str]:
     """
     path = urlsplit(uri).path if '://' in uri else uri
     return [segment for segment in path.replace('\\', '/').split('/') if segment]
-
-
-def tag_text(value: Any) -> str:
-    """str(value), except integral floats lose their '.0' (1.0 -> '1'): JSON/protobuf transport turns int tags into floats."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 class LabelRule(ABC):

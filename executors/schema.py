@@ -65,11 +65,15 @@ def doc_label(doc: Doc) -> Optional[str]:
     if doc.label is not None:
         return doc.label
     legacy = doc.tags.get(LEGACY_LABEL_TAG)
-    if legacy is None:
-        return None
-    if isinstance(legacy, float) and legacy.is_integer():
-        legacy = int(legacy)  # gRPC's Struct turns every number into a float
-    return str(legacy)
+    return None if legacy is None else tag_text(legacy)
+
+
+def tag_text(value: Any) -> str:
+    """``str(value)``, except integral floats lose their '.0' (1.0 -> '1'): gRPC's Struct and JSON
+    turn int tags into floats, and labels must read the same either way."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def report(data: Dict[str, Any]) -> DocList[Report]:
@@ -77,4 +81,4 @@ def report(data: Dict[str, Any]) -> DocList[Report]:
     return DocList[Report]([Report(data=data)])
 
 
-__all__ = ['Doc', 'DocList', 'LEGACY_LABEL_TAG', 'Match', 'Report', 'doc_label', 'report']
+__all__ = ['Doc', 'DocList', 'LEGACY_LABEL_TAG', 'Match', 'Report', 'doc_label', 'report', 'tag_text']
