@@ -10,10 +10,10 @@ import importlib
 from executors.version import __version__
 
 _LAZY = {
-    'fit': 'executors.tuner.trainer', 'embed': 'executors.embedding',
+    'fit': 'executors.tuner.trainer', 'embed': 'executors.models.inference',
     'display': 'executors.models.tailor', 'to_embedding_model': 'executors.models.tailor',
     'save': 'executors.models', 'load': 'executors.models', 'build_model': 'executors.models',
-    'ModelStore': 'executors.models', 'evaluate_embeddings': 'executors.metrics',
+    'ModelStore': 'executors.models', 'evaluate_embeddings': 'executors.evaluation.metrics',
     'InputError': 'executors.errors',
     'LabelAssigner': 'executors.label_assigner.executor', 'Preprocessor': 'executors.preprocessor.executor',
     'FinetunerTrainer': 'executors.finetuner_trainer.executor', 'Encoder': 'executors.encoder.executor',

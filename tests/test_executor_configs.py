@@ -11,7 +11,8 @@ import pytest
 from jina import Client, Executor
 
 import executors
-from executors.schema import Doc, DocList, Report
+from executors.service.flow_process import free_port
+from executors.data.schema import Doc, DocList, Report
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {'label_assigner': 'LabelAssigner', 'preprocessor': 'Preprocessor', 'finetuner_trainer': 'FinetunerTrainer',
@@ -44,7 +45,7 @@ def test_preprocessor_endpoints_setting_is_checked():
 
 @pytest.mark.timeout(180)
 def test_jina_executor_cli_serves_grpc(tmp_path):
-    port = 54690
+    port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name('jina')), 'executor', '--uses',
          str(REPO / 'executors/evaluator/config.yml'), '--port', str(port)],

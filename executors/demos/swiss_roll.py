@@ -26,7 +26,7 @@ K = 100
 
 
 def _space_metrics(query_labels, neighbour_labels, index_labels, k=K):
-    from executors.metrics import label_relevance, retrieval_metrics
+    from executors.evaluation.metrics import label_relevance, retrieval_metrics
 
     counts = {label: int((index_labels == label).sum()) for label in np.unique(index_labels)}
     relevance = label_relevance(query_labels, neighbour_labels)
@@ -76,11 +76,11 @@ def run(results_dir: Path, workdir: Path) -> dict:
     from jina import Client
     from sklearn.datasets import make_swiss_roll
 
-    from executors.flow_process import FlowProcess
-    from executors.labels import assign_labels, build_rule
-    from executors.metrics import nearest_neighbours
-    from executors.schema import Doc, DocList, Report
-    from executors.swap import hot_swap
+    from executors.service.flow_process import FlowProcess
+    from executors.data.labels import assign_labels, build_rule
+    from executors.evaluation.metrics import nearest_neighbours
+    from executors.data.schema import Doc, DocList, Report
+    from executors.search.swap import hot_swap
 
     started = time.monotonic()
     points, _ = make_swiss_roll(1500, noise=0.05, random_state=0)
@@ -94,8 +94,8 @@ def run(results_dir: Path, workdir: Path) -> dict:
     workdir.mkdir(parents=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     print(f'starting the training and search flows in {workdir} ...', flush=True)
-    with FlowProcess(REPO / 'flows/train.yml', workdir) as train_flow, \
-            FlowProcess(REPO / 'flows/search.yml', workdir) as search_flow:
+    with FlowProcess(REPO / 'flows/train.yml', workdir, free_ports=True) as train_flow, \
+            FlowProcess(REPO / 'flows/search.yml', workdir, free_ports=True) as search_flow:
         train_client = Client(port=train_flow.ports['grpc'])
         search_client = Client(port=search_flow.ports['grpc'])
         index_docs = DocList[Doc]([Doc(id=f'p{i}', tensor=p, label=str(label))

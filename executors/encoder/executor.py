@@ -3,11 +3,11 @@ from typing import Dict
 
 from jina import Executor, requests
 
-from executors.embedding import doc_content
+from executors.models.inference import doc_content
 from executors.models import ModelStore
-from executors.models.runtime import VersionedEncoder
-from executors.parameters import require_docs, required_parameter, validate_parameters
-from executors.schema import Doc, DocList, Report, report
+from executors.models.serving import VersionedEncoder
+from executors.service.parameters import require_docs, required_parameter, validate_parameters
+from executors.data.schema import Doc, DocList, Report, report
 
 
 class Encoder(Executor):

@@ -5,10 +5,10 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.errors import InputError
-from executors.evaluation import comparison_table
-from executors.metrics import evaluate_embeddings
-from executors.parameters import require_docs, validate_parameters
-from executors.schema import Doc, DocList, Report, report
+from executors.evaluation.tables import comparison_table
+from executors.evaluation.metrics import evaluate_embeddings
+from executors.service.parameters import require_docs, validate_parameters
+from executors.data.schema import Doc, DocList, Report, report
 
 
 class Evaluator(Executor):

@@ -4,13 +4,13 @@ from typing import Dict, Optional
 
 from jina import Executor, requests
 
-from executors.embedding import doc_content
+from executors.models.inference import doc_content
 from executors.errors import InputError
-from executors.index import StoredDoc
+from executors.data.document_store import StoredDoc
 from executors.models import ModelStore
-from executors.parameters import require_docs, validate_parameters
-from executors.schema import Doc, DocList, Report, report
-from executors.training import TrainingService
+from executors.service.parameters import require_docs, validate_parameters
+from executors.data.schema import Doc, DocList, Report, report
+from executors.tuner.service import TrainingService
 
 
 class FinetunerTrainer(Executor):

@@ -6,9 +6,10 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.errors import InputError
-from executors.index import SearchIndex, StoredDoc
-from executors.parameters import require_docs, required_parameter, validate_parameters
-from executors.schema import Doc, DocList, Match, Report, report
+from executors.data.document_store import StoredDoc
+from executors.search.vector_index import SearchIndex
+from executors.service.parameters import require_docs, required_parameter, validate_parameters
+from executors.data.schema import Doc, DocList, Match, Report, report
 
 DEFAULT_LIMIT = 10
 

@@ -5,9 +5,9 @@ from typing import Dict, Optional
 
 from jina import Executor, requests
 
-from executors.labels import NumericBinsRule, assign_labels, build_rule
-from executors.parameters import require_docs, validate_parameters
-from executors.schema import Doc, DocList, doc_label
+from executors.data.labels import NumericBinsRule, assign_labels, build_rule
+from executors.service.parameters import require_docs, validate_parameters
+from executors.data.schema import Doc, DocList, doc_label
 
 DEFAULT_RULE = {'rule': 'tag', 'tag': 'finetuner_label'}
 
@@ -15,7 +15,7 @@ DEFAULT_RULE = {'rule': 'tag', 'tag': 'finetuner_label'}
 class LabelAssigner(Executor):
     """Labels docs on ``/train`` and ``/evaluate``.
 
-    ``rule``: a label-rule spec (see :mod:`executors.labels`), default the legacy
+    ``rule``: a label-rule spec (see :mod:`executors.data.labels`), default the legacy
     ``tags['finetuner_label']``. Docs that already have a label keep it unless
     ``overwrite``. A numeric-bins rule without ``low``/``high`` is fitted on the first request
     it sees (send the whole training set in that request, or set ``low``/``high``), then saved

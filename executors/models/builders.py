@@ -26,57 +26,6 @@ def register_builder(name: str):
     return decorate
 
 
-_ACTIVATIONS = {'relu': nn.ReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh, 'silu': nn.SiLU}
-
-
-@register_builder('mlp')
-def build_mlp(layer_sizes: Sequence[int], activation: str = 'relu', final_activation: bool = False) -> nn.Module:
-    """MLP ``layer_sizes[0] -> ... -> layer_sizes[-1]``: Linear layers with ``activation`` between them.
-
-    Input ``[B, layer_sizes[0]]``, output ``[B, layer_sizes[-1]]``. The swiss-roll model is
-    ``layer_sizes=[3, 6, 6, 6]`` with ReLU.
-    """
-    sizes = [int(s) for s in layer_sizes]
-    if len(sizes) < 2 or min(sizes) < 1:
-        raise InputError(
-            f'layer_sizes: need at least two positive sizes (input and output), got {list(layer_sizes)}'
-        )
-    if activation not in _ACTIVATIONS:
-        raise InputError(f"activation: unknown value {activation!r}; use one of {sorted(_ACTIVATIONS)}")
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2 or final_activation:
-            layers.append(_ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
-
-
-@register_builder('torchvision')
-def build_torchvision(arch: str, weights_path: Optional[str] = None, **arch_kwargs) -> nn.Module:
-    """``torchvision.models.<arch>(weights=None, **arch_kwargs)``, with weights from a local
-    ``weights_path`` (``.safetensors``, or a ``.pth`` state dict read with ``weights_only=True``).
-    No weights are downloaded."""
-    import torchvision
-
-    if not hasattr(torchvision.models, arch) or arch.startswith('_'):
-        raise InputError(f'arch: torchvision has no model {arch!r}; use e.g. resnet18, resnet50, efficientnet_b0')
-    model = getattr(torchvision.models, arch)(weights=None, **arch_kwargs)
-    if weights_path is not None:
-        model.load_state_dict(_read_state_dict(weights_path))
-    return model
-
-
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f'weights_path: {path!r} is not a file; give a local .safetensors or .pth state dict')
-    if file.suffix == '.safetensors':
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    return torch.load(str(file), map_location='cpu', weights_only=True)  # never unpickles arbitrary objects
-
-
 @register_builder('embedding_model')
 def build_embedding_model(base: Dict[str, Any], layer_name: Optional[str] = None, freeze=False,
                           projection_head: Optional[int] = None, input_size: Optional[Sequence[int]] = None,
@@ -115,3 +64,11 @@ def model_spec(model: nn.Module) -> Dict[str, Any]:
             'build it with executors.build_model({"builder": ..., "kwargs": ...}) or register a builder'
         )
     return spec
+
+
+def _register_families() -> None:
+    """Import the model families (one module each) so their builders register."""
+    from executors.models import mlp, torchvision_models  # noqa: F401
+
+
+_register_families()

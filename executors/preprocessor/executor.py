@@ -4,15 +4,15 @@ from typing import Dict, List, Optional
 from jina import Executor, requests
 
 from executors.errors import InputError
-from executors.parameters import require_docs, validate_parameters
-from executors.preprocessing import build_preprocessing
-from executors.schema import Doc, DocList
+from executors.service.parameters import require_docs, validate_parameters
+from executors.data.preprocessing import build_preprocessing
+from executors.data.schema import Doc, DocList
 
 PREPROCESSED_ENDPOINTS = ['/train', '/index', '/search', '/evaluate']
 
 
 class Preprocessor(Executor):
-    """Applies a preprocessing spec (see :mod:`executors.preprocessing`) to every doc.
+    """Applies a preprocessing spec (see :mod:`executors.data.preprocessing`) to every doc.
 
     ``preprocessing``: e.g. ``{'modality': 'vector', 'dim': 3}`` or ``{'modality': 'mesh',
     'num_points': 1024}``; ``data_root``: directory that ``uri``s are resolved in (a uri

@@ -112,7 +112,7 @@ class EvaluationCallback(Callback):
     """Retrieval evaluation at every ``on_epoch_end``; writes no files.
 
     Embeds ``query_data`` (and ``index_data``) with ``tuner.model`` and adds the metrics of
-    :func:`executors.metrics.evaluate_embeddings` to ``tuner.state.metrics`` and to this epoch's
+    :func:`executors.evaluation.metrics.evaluate_embeddings` to ``tuner.state.metrics`` and to this epoch's
     ``tuner.state.history`` entry, each key prefixed with ``prefix``: ``'eval/hit@10'``, ``'eval/MRR'``, ...
     (the prefix keeps them apart from the ``fit(eval_data=...)`` metrics, which have none). The last
     results are also in ``self.metrics``. Callbacks reading them must come after this one.
@@ -127,7 +127,7 @@ class EvaluationCallback(Callback):
     def __init__(self, query_data, index_data=None, k: int = 10, distance: str = 'cosine',
                  batch_size: int = 256, *, prefix: str = 'eval/', preprocess_fn: Optional[Callable] = None,
                  collate_fn: Optional[Callable] = None):
-        from executors.metrics import DISTANCES
+        from executors.evaluation.metrics import DISTANCES
 
         _positive_int('k', k)
         self.batch_size = _positive_int('batch_size', batch_size)
@@ -145,13 +145,13 @@ class EvaluationCallback(Callback):
         self.metrics: Dict[str, float] = {}
 
     def _embed(self, tuner, contents):
-        from executors.embedding import embed
+        from executors.models.inference import embed
 
         return embed(contents, tuner.model, batch_size=self.batch_size, device=tuner.device,
                      preprocess_fn=self.preprocess_fn, collate_fn=self.collate_fn or tuner.collate_fn)
 
     def on_epoch_end(self, tuner):
-        from executors.metrics import evaluate_embeddings
+        from executors.evaluation.metrics import evaluate_embeddings
 
         query_embeddings = self._embed(tuner, self._query[0])
         index_embeddings, index_labels = None, None

@@ -7,7 +7,7 @@ Three kinds, as in the old Finetuner; a mix of kinds in one dataset is an error:
 * instance data: no labels at all; each item becomes its own class and two views of it
   are made by ``preprocess_fn`` (which should augment randomly), i.e. self-supervised.
 
-Accepted inputs: a sequence of :class:`executors.schema.Doc` (or any objects with the same
+Accepted inputs: a sequence of :class:`executors.data.schema.Doc` (or any objects with the same
 fields) or a tuple ``(inputs, labels)`` of arrays / lists of equal length.
 
 Session data is reduced to labels: a query and its ``+1`` matches share one label, every
@@ -21,9 +21,9 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 from docarray import BaseDoc
 
-from executors.embedding import default_collate, doc_content
+from executors.models.inference import default_collate, doc_content
 from executors.errors import InputError
-from executors.schema import LEGACY_LABEL_TAG, doc_label
+from executors.data.schema import LEGACY_LABEL_TAG, doc_label
 
 CLASS, SESSION, INSTANCE = 'class', 'session', 'instance'
 

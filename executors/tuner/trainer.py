@@ -1,4 +1,4 @@
-"""The training loop behind :func:`fit` (embedding inference is :mod:`executors.embedding`).
+"""The training loop behind :func:`fit` (embedding inference is :mod:`executors.models.inference`).
 
 ``fit`` tunes any ``torch.nn.Module`` mapping a batch of inputs to embeddings ``[B, D]``
 with a metric-learning loss ``loss(embeddings [B, D], labels [B]) -> scalar``.
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from executors.embedding import to_device
+from executors.models.inference import to_device
 from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
@@ -149,7 +149,7 @@ class Tuner:
 
     @torch.no_grad()
     def _validate(self) -> None:
-        from executors.metrics import evaluate_embeddings
+        from executors.evaluation.metrics import evaluate_embeddings
 
         state = self.state
         self.model.eval()

@@ -9,11 +9,11 @@ import pytest
 from jina import Client
 from sklearn.datasets import make_swiss_roll
 
-from executors.embedding import embed
-from executors.flow_process import FlowProcess
+from executors.models.inference import embed
+from executors.service.flow_process import FlowProcess
 from executors.models import ModelStore
-from executors.schema import Doc, DocList, Report
-from executors.swap import hot_swap
+from executors.data.schema import Doc, DocList, Report
+from executors.search.swap import hot_swap
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope='module')
 def flows(tmp_path_factory):
     cwd = tmp_path_factory.mktemp('flows')
-    train = FlowProcess(REPO / 'flows/train.yml', cwd).launch()
-    search = FlowProcess(REPO / 'flows/search.yml', cwd).launch()
+    train = FlowProcess(REPO / 'flows/train.yml', cwd, free_ports=True).launch()
+    search = FlowProcess(REPO / 'flows/search.yml', cwd, free_ports=True).launch()
     try:
         train.wait_ready()
         search.wait_ready()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from executors.embedding import embed
+from executors.models.inference import embed
 from executors.errors import InputError
-from executors.metrics import evaluate_embeddings
+from executors.evaluation.metrics import evaluate_embeddings
 from executors.models import serialization
 from executors.tuner.callbacks import (
     BestModelCheckpoint,
@@ -138,7 +138,7 @@ def test_evaluation_callback_adds_prefixed_metrics_seen_by_later_callbacks():
 
 
 def test_evaluation_callback_leave_one_out_caps_k_and_rejects_unlabelled_data():
-    from executors.schema import Doc
+    from executors.data.schema import Doc
 
     recorder = Recorder()
     quick_fit([EvaluationCallback(blobs(per_class=2), k=50, prefix='q/'), recorder], epochs=1)

@@ -1,4 +1,4 @@
-"""Tests of :func:`executors.tuner.trainer.fit` and :func:`executors.embedding.embed`."""
+"""Tests of :func:`executors.tuner.trainer.fit` and :func:`executors.models.inference.embed`."""
 import math
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from executors.embedding import embed
+from executors.models.inference import embed
 from executors.errors import InputError
-from executors.metrics import evaluate_embeddings
-from executors.schema import Doc, Match
+from executors.evaluation.metrics import evaluate_embeddings
+from executors.data.schema import Doc, Match
 from executors.tuner.callbacks import Callback
 from executors.tuner.losses import SiameseLoss, TripletLoss
 from executors.tuner.miners import TripletEasyHardMiner

@@ -1,7 +1,7 @@
 """Evaluation helpers shared by the Evaluator, the trainer and the demos.
 
 * :func:`match_relevance`: search results (labels of matches) -> relevance matrix for
-  :func:`executors.metrics.retrieval_metrics`;
+  :func:`executors.evaluation.metrics.retrieval_metrics`;
 * :func:`comparison_table`: a markdown table with one column per model/space.
 """
 from typing import Dict, List, Optional, Sequence

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from executors.errors import InputError
-from executors.index import DocumentStore, SearchIndex, StoredDoc
-from executors.metrics import nearest_neighbours
+from executors.data.document_store import DocumentStore, StoredDoc
+from executors.search.vector_index import SearchIndex
+from executors.evaluation.metrics import nearest_neighbours
 
 
 def _docs(n, offset=0):

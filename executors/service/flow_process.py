@@ -6,6 +6,7 @@ dies), and on the way out signals the whole group, then SIGKILLs it after a grac
 """
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,24 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def with_free_ports(flow_yaml, out_dir) -> Path:
+    """A copy of ``flow_yaml`` in ``out_dir`` whose gateway ports are free ones (for tests that run
+    side by side)."""
+    config = yaml.safe_load(Path(flow_yaml).read_text())
+    protocols = config['with']['protocol']
+    config['with']['port'] = [free_port() for _ in protocols] if isinstance(protocols, list) else free_port()
+    out = Path(out_dir) / f'{Path(flow_yaml).stem}.free-ports.yml'
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
 
 
 def flow_ports(flow_yaml) -> dict:
@@ -24,11 +43,16 @@ def flow_ports(flow_yaml) -> dict:
 
 
 class FlowProcess:
-    """``with FlowProcess('flows/search.yml', cwd=tmp) as flow: Client(port=flow.ports['grpc'])``."""
+    """``with FlowProcess('flows/search.yml', cwd=tmp) as flow: Client(port=flow.ports['grpc'])``;
+    ``free_ports=True`` serves on free ports instead of the YAML's."""
 
-    def __init__(self, flow_yaml, cwd, log_path: Optional[Path] = None, ready_timeout: float = 180.0):
-        self.flow_yaml = Path(flow_yaml).resolve()
+    def __init__(self, flow_yaml, cwd, log_path: Optional[Path] = None, ready_timeout: float = 180.0,
+                 free_ports: bool = False):
         self.cwd = Path(cwd)
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.flow_yaml = Path(flow_yaml).resolve()
+        if free_ports:
+            self.flow_yaml = with_free_ports(self.flow_yaml, self.cwd).resolve()
         self.ports = flow_ports(self.flow_yaml)
         self.log_path = log_path or self.cwd / f'{self.flow_yaml.stem}.log'
         self.ready_timeout = ready_timeout

@@ -27,8 +27,8 @@ import trimesh
 from PIL import Image
 
 from executors.errors import InputError
-from executors.labels import about_doc
-from executors.specs import build_from_spec
+from executors.data.labels import about_doc
+from executors.data.specs import build_from_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
 from executors.errors import InputError
-from executors.metrics import (
+from executors.evaluation.metrics import (
     METRIC_NAMES,
     average_precision_at_k,
     evaluate_embeddings,

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from executors.errors import InputError
-from executors.schema import tag_text
-from executors.specs import build_from_spec
+from executors.data.schema import tag_text
+from executors.data.specs import build_from_spec
 
 LABEL_FIELDS = ('tags', 'uri', 'tensor', 'text')
 """Document fields a rule reads; ``assign_labels`` passes these keys of each document dict."""

@@ -10,14 +10,14 @@ Steps (each a request to the running search flow)::
     /model/activate {version}   Encoder embeds queries with v; Indexer serves v and drops the old generation
 
 Queries keep being answered throughout, each from the generation of the version that
-embedded it. Run ``python -m executors.swap --port 54620`` after a fit has published.
+embedded it. Run ``python -m executors.search.swap --port 54620`` after a fit has published.
 """
 import argparse
 import json
 import sys
 from typing import Any, Dict, Optional
 
-from executors.schema import Doc, DocList, Report
+from executors.data.schema import Doc, DocList, Report
 
 
 def hot_swap(client, version: Optional[int] = None, batch_size: int = 256, progress=None) -> Dict[str, Any]:

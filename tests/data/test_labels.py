@@ -5,7 +5,7 @@ import pytest
 from sklearn.datasets import make_swiss_roll
 
 from executors.errors import InputError
-from executors.labels import (
+from executors.data.labels import (
     NumericBinsRule,
     PairByFileNameRule,
     RegexRule,

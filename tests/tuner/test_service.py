@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from executors.errors import InputError
-from executors.index import StoredDoc
+from executors.data.document_store import StoredDoc
 from executors.models import ModelStore
-from executors.training import TrainingService, stratified_split
+from executors.tuner.service import TrainingService, stratified_split
 
 MLP = {'builder': 'mlp', 'kwargs': {'layer_sizes': [2, 16, 8]}}
 

@@ -19,12 +19,12 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from executors.embedding import embed
+from executors.models.inference import embed
 from executors.errors import InputError
-from executors.index import DocumentStore, StoredDoc
-from executors.metrics import evaluate_embeddings
+from executors.data.document_store import DocumentStore, StoredDoc
+from executors.evaluation.metrics import evaluate_embeddings
 from executors.models import ModelStore, build_model
-from executors.plots import plot_history
+from executors.evaluation.plots import plot_history
 from executors.tuner.callbacks import Callback
 from executors.tuner.data import to_labeled_items
 from executors.tuner.losses import get_loss

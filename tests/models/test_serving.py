@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from executors.embedding import embed
+from executors.models.inference import embed
 from executors.errors import InputError
 from executors.models import ModelStore, build_model
-from executors.models.runtime import VersionedEncoder
+from executors.models.serving import VersionedEncoder
 
 MLP = {'builder': 'mlp', 'kwargs': {'layer_sizes': [3, 5]}}
 

@@ -7,7 +7,7 @@ import trimesh
 from PIL import Image
 
 from executors.errors import InputError
-from executors.preprocessing import (
+from executors.data.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImagePreprocessing,
