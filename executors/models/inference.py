@@ -3,9 +3,10 @@
 * :func:`doc_content`: a doc's model input (``tensor``, else ``text``, else ``uri``);
 * :func:`default_collate`: a list of inputs -> one batch (tensor ``[B, ...]``, list of
   strings, or dict of tensors);
-* :func:`to_device`: move a batch (tensor or dict of tensors) to a device;
+* :func:`to_device`: move a batch (tensor, mapping or list of tensors) to a device;
 * :func:`embed`: embeddings ``[N, D]`` of docs or inputs with any ``torch.nn.Module``.
 """
+from collections.abc import Mapping
 from typing import Any, Callable, List, Optional
 
 import numpy as np
@@ -43,11 +44,22 @@ def default_collate(inputs: List[Any]):
 
 
 def to_device(batch, device):
-    """``batch`` on ``device``: tensors and dicts of tensors move, anything else (texts) stays."""
+    """``batch`` on ``device``: tensors move, as do the values of any ``Mapping`` (a dict, or a
+    transformers ``BatchEncoding``, which keeps its type) and the items of lists/tuples; anything else
+    (texts) stays."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, Mapping):
+        moved = {k: to_device(v, device) for k, v in batch.items()}
+        if type(batch) is dict:
+            return moved
+        try:  # keep the user's mapping type (attribute access such as encoding.input_ids keeps working)
+            return type(batch)(moved)
+        except Exception:  # noqa: BLE001 - a mapping type that cannot be built from a dict
+            return moved
+    if isinstance(batch, (list, tuple)) and any(isinstance(x, (torch.Tensor, Mapping)) for x in batch):
+        moved = [to_device(x, device) for x in batch]
+        return type(batch)(*moved) if hasattr(batch, '_fields') else type(batch)(moved)
     return batch
 
 
