@@ -51,10 +51,15 @@ class Callback:
     def metric_names(self, tuner) -> Optional[Iterable[str]]:
         """The ``tuner.state.metrics`` keys this callback adds each epoch; None: unknown (may add any).
 
-        The callbacks of this module add none (:class:`EvaluationCallback` overrides this); a callback
-        defined elsewhere returns None unless it overrides this, and a ``monitor`` listed after it is
-        then checked only when the epoch ends."""
-        return () if type(self).__module__ == __name__ else None
+        The callbacks of this module add none (:class:`EvaluationCallback` overrides this). A callback
+        defined elsewhere is taken to add none unless it overrides ``on_train_epoch_end``, ``on_val_end`` or
+        ``on_epoch_end`` (where per-epoch metrics are added): then None, unless it overrides this method,
+        and a ``monitor`` listed after it is checked only when the epoch ends."""
+        if type(self).__module__ == __name__:
+            return ()
+        cls = type(self)
+        epoch_hooks = ('on_train_epoch_end', 'on_val_end', 'on_epoch_end')
+        return None if any(getattr(cls, hook) is not getattr(Callback, hook) for hook in epoch_hooks) else ()
 
     def on_fit_begin(self, tuner): ...
     def on_epoch_begin(self, tuner): ...
