@@ -10,27 +10,16 @@ spec runs code, so it is refused unless the caller passes ``allow_import=True`` 
 never gets that).
 """
 import importlib
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from executors.errors import InputError
+from executors.models import mlp, torchvision_models  # noqa: F401  (the families register their builders)
+from executors.models.registry import MODEL_BUILDERS, SPEC_ATTRIBUTE, register_builder
 
-MODEL_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
-SPEC_ATTRIBUTE = 'builder_spec'
 IMPORT_BUILDER = 'import'
-
-
-def register_builder(name: str):
-    """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name``."""
-
-    def decorate(fn):
-        MODEL_BUILDERS[name] = fn
-        return fn
-
-    return decorate
 
 
 @register_builder('embedding_model')
@@ -104,10 +93,3 @@ def model_spec(model: nn.Module) -> Dict[str, Any]:
         )
     return spec
 
-
-def _register_families() -> None:
-    """Import the model families (one module each) so their builders register."""
-    from executors.models import mlp, torchvision_models  # noqa: F401
-
-
-_register_families()
