@@ -239,7 +239,14 @@ def test_a_failed_save_leaves_no_half_written_folder_and_keeps_the_previous_save
     assert not (tmp_path / 'other').exists()
 
 
-def test_embed_refuses_nothing_old_callers_pass_by_keyword():
+def test_embed_and_tailor_with_the_old_positional_order_say_what_to_write():
     X, _ = blobs()
     out = finetuner.embed(X, mlp(4, 8), device='cpu', batch_size=7)
     assert out.shape == (30, 8) and np.isfinite(out).all()
+    with pytest.raises(InputError, match=r"^batch_size: got 'cpu'.*embed\(docs, model, device='cpu'\)"):
+        finetuner.embed(X, mlp(4, 8), 'cpu')
+    general = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    with pytest.raises(InputError, match='^freeze:'):  # old order: (model, layer_name, input_size, ...)
+        finetuner.tailor.to_embedding_model(general, '1', (4,))
+    cut = finetuner.tailor.to_embedding_model(general, layer_name='1', input_size=(4,))
+    assert cut.embedding_dim == 16

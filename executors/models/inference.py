@@ -68,6 +68,9 @@ def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
           preprocess_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None) -> np.ndarray:
     """Embeddings ``[N, D]`` (float32) of ``docs`` (docs with tensor/text/uri, or a list/array of
     inputs), in eval mode; for docs, each ``doc.embedding`` is set as well."""
+    if isinstance(batch_size, str):  # the old Finetuner's embed(docs, model, device, batch_size)
+        raise InputError(f'batch_size: got {batch_size!r}; the third argument of embed is batch_size (the old '
+                         f'Finetuner had device there): write embed(docs, model, device={batch_size!r})')
     items = list(docs)
     if not items:
         return np.zeros((0, 0), dtype=np.float32)
