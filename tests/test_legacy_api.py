@@ -105,6 +105,17 @@ def test_docarray_v1_style_docs_with_tensor_and_finetuner_label_tags_train():
     assert all(doc.embedding.shape == (8,) for doc in docs)
 
 
+def test_plain_objects_with_tensor_and_tags_train_like_v1_documents():
+    from types import SimpleNamespace
+
+    X, y = blobs()
+    docs = [SimpleNamespace(id=str(i), tensor=x, tags={'finetuner_label': int(label)}, embedding=None)
+            for i, (x, label) in enumerate(zip(X, y))]
+    tuned = finetuner.fit(mlp(4, 8), docs, epochs=1, progress_bar=False)
+    finetuner.embed(docs, tuned)
+    assert docs[0].embedding.shape == (8,)
+
+
 def test_a_miner_without_distance_mines_with_its_loss_distance():
     """Anchor 0: with euclidean distance the hardest (closest) negative is item 2, with cosine item 3."""
     embeddings = torch.tensor([[1.0, 0.0], [1.1, 0.1], [0.0, 0.2], [3.0, 0.0]])
