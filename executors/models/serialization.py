@@ -10,6 +10,9 @@ written with ``safetensors.torch.save_model`` (tied/shared tensors are stored on
 
 A save writes into a temporary sibling directory and renames it to ``path``: a failed save leaves
 ``path`` as it was (absent, or the previous complete save).
+
+``model.json`` also holds the model's input transform spec (``"input_transform"``, when the model carries
+one; see :mod:`executors.data.transforms`); ``load`` attaches the transform again.
 """
 import json
 import shutil
@@ -20,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from executors.data.transforms import TRANSFORM_ATTRIBUTE, attach_transform, transform_of
 from executors.errors import InputError
 from executors.models.builders import IMPORT_BUILDER, SPEC_ATTRIBUTE, build_model
 
@@ -36,12 +40,15 @@ def _spec_or_class(model: nn.Module) -> Dict[str, Any]:
 
 
 def save(model: nn.Module, path, metadata: Optional[Dict[str, Any]] = None) -> Path:
-    """Write ``path/weights.safetensors`` (state dict) and ``path/model.json`` (spec + ``metadata``),
-    replacing what ``path`` held only once both are complete."""
+    """Write ``path/weights.safetensors`` (state dict) and ``path/model.json`` (spec, the model's input
+    transform spec, ``metadata``), replacing what ``path`` held only once both are complete."""
     if not isinstance(model, nn.Module):
         raise InputError(f'model: expected a torch.nn.Module, got {type(model).__name__}')
     path = Path(path)
     config = {'model': _spec_or_class(model), **(metadata or {})}
+    transform = transform_of(model)
+    if transform is not None:
+        config[TRANSFORM_ATTRIBUTE] = transform.to_spec()
     try:
         text = json.dumps(config, indent=2, sort_keys=True)
     except TypeError as error:
@@ -83,7 +90,8 @@ def read_config(path) -> Dict[str, Any]:
 
 
 def load(path, model: Optional[nn.Module] = None, allow_import: bool = False) -> Tuple[nn.Module, Dict[str, Any]]:
-    """The model saved at ``path`` and its config, model in eval mode: ``(model, config)``.
+    """The model saved at ``path`` (with its input transform, if saved with one) and its config, model
+    in eval mode: ``(model, config)``.
 
     ``model``: a module you built with the saved architecture; its weights are replaced (needed when
     ``model.json`` names no builder). ``allow_import=True`` lets a spec with the ``import`` builder import
@@ -111,5 +119,7 @@ def load(path, model: Optional[nn.Module] = None, allow_import: bool = False) ->
     except RuntimeError as error:
         raise InputError(f'model: the weights in {str(path)!r} do not fit this module ({error}); pass a module '
                          'with the saved architecture') from None
+    if config.get(TRANSFORM_ATTRIBUTE) is not None:
+        attach_transform(model, config[TRANSFORM_ATTRIBUTE])
     model.eval()
     return model, config

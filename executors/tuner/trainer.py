@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from executors.data.transforms import TransformCollate, transform_of
 from executors.models.inference import to_device
 from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
@@ -380,7 +381,9 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     scheduler steps every batch or every epoch (``scheduler_step``).
     ``num_items_per_class``: sample batches of ``batch_size // m`` classes with ``m`` items each.
     ``preprocess_fn(content) -> input`` runs per item and batch (augmentation lives here);
-    ``collate_fn(list_of_inputs) -> batch`` builds the model input.
+    ``collate_fn(list_of_inputs) -> batch`` builds the model input. When neither is given and the
+    model carries an input transform (:mod:`executors.data.transforms`), batches are
+    ``transform.batch(...)``, augmented for training batches only (:class:`TransformCollate`).
     ``mixed_precision``: fp16 autocast + grad scaling on CUDA (default there), bf16 autocast on CPU.
     ``seed``: deterministic runs on CPU. After each epoch with ``eval_data`` the validation loss
     and leave-one-out retrieval metrics at ``eval_k`` land in ``tuner.state.metrics``.
@@ -440,9 +443,13 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     tailor_arguments = {'layer_name': layer_name, 'freeze': freeze, 'projection_head': projection_head,
                         'input_size': input_size, 'input_dtype': input_dtype}
     if to_embedding_model:
+        from executors.data.transforms import attach_transform
         from executors.models.tailor import to_embedding_model as cut
 
+        transform = transform_of(model)
         model = cut(model, **tailor_arguments)
+        if transform is not None and transform_of(model) is None:  # the cut model keeps the input transform
+            attach_transform(model, transform)
     else:
         defaults = {'layer_name': None, 'freeze': False, 'projection_head': None, 'input_size': None,
                     'input_dtype': 'float32'}
@@ -450,6 +457,9 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
             if value is not defaults[name] and value != defaults[name]:
                 raise InputError(f'{name}: a Tailor argument, used only with to_embedding_model=True; '
                                  'add it or drop this argument')
+    if preprocess_fn is None and collate_fn is None and transform_of(model) is not None:
+        # the model's own input transform; augments while the model is in train mode (training batches)
+        collate_fn = TransformCollate(transform_of(model), model, np.random.default_rng(seed))
     torch_device = torch.device(device)
     use_distributed = dist_utils.resolve_distributed(distributed)
     if use_distributed:  # join torchrun's process group; on CUDA each process takes cuda:LOCAL_RANK

@@ -687,7 +687,8 @@ def test_non_finite_inputs_are_refused_naming_the_item():
     with pytest.raises(InputError, match=r'^eval_data\[4\] \(id d4\): holds NaN or inf'):
         fit(model, blobs(), docs, epochs=1, progress_bar=False)
     with pytest.raises(InputError, match=r'^train_data\[\d+\]: its model input .* NaN or inf'):
-        fit(model, blobs(), preprocess_fn=lambda x: np.full_like(x, np.inf) if x[0] > 1 else x, epochs=1, progress_bar=False)
+        fit(model, blobs(), preprocess_fn=lambda x: np.full_like(x, np.inf) if x[0] > 1 else x, epochs=1,
+            progress_bar=False)
     assert same_weights(start, weights(model))
 
 
