@@ -97,6 +97,22 @@ def test_fit_with_tailor_arguments_cuts_first_and_returns_the_tuned_cut_model():
     assert finetuner.embed(blobs()[0], tuned).shape == (30, 6)
 
 
+def test_a_model_cut_in_fit_keeps_its_input_transform(tmp_path):
+    from executors.data.transforms import attach_transform, transform_of
+
+    general = attach_transform(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)),
+                               {'modality': 'vector', 'mean': 1.0, 'std': 4.0})
+    tuned = finetuner.fit(general, blobs(), epochs=1, to_embedding_model=True, layer_name='1', progress_bar=False)
+    assert transform_of(tuned).to_spec() == transform_of(general).to_spec()
+    finetuner.save(tuned, tmp_path / 'cut')
+    skeleton = finetuner.tailor.to_embedding_model(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)),
+                                                   layer_name='1')
+    loaded, config = finetuner.load(tmp_path / 'cut', model=skeleton)
+    assert transform_of(loaded).to_spec() == config['input_transform']
+    X, _ = blobs()
+    np.testing.assert_allclose(finetuner.embed(X, loaded), finetuner.embed(X, tuned), rtol=1e-6)
+
+
 def test_docarray_v1_style_docs_with_tensor_and_finetuner_label_tags_train():
     X, y = blobs()
     docs = DocList[Doc]([Doc(tensor=x, tags={'finetuner_label': int(label)}) for x, label in zip(X, y)])
