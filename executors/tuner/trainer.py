@@ -321,8 +321,10 @@ def _make_sampler(items: LabeledItems, batch_size: int, num_items_per_class: Opt
         if items.views_per_item > 1:
             raise InputError('num_items_per_class: applies to labelled data only, not to unlabelled instance data')
         return ClassSampler(items.labels, batch_size, num_items_per_class, seed=seed)
-    if items.kind == CLASS:  # balanced classes, so every batch holds positives (as the old Finetuner did)
-        balanced = default_items_per_class(items.labels, batch_size, getattr(loss, 'items_per_label', None))
+    items_per_label = getattr(loss, 'items_per_label', None)
+    fits_one_batch = len(items) <= batch_size and items_per_label is None  # one batch holds every positive
+    if items.kind == CLASS and not fits_one_batch:  # balanced classes, so every batch holds positives
+        balanced = default_items_per_class(items.labels, batch_size, items_per_label)
         if balanced is not None:  # (ClassSampler warns about classes of one item: they are never sampled)
             return ClassSampler(items.labels, balanced[1], balanced[0], seed=seed)
         warnings.warn('train_data: fewer than two classes with two or more items fit in a batch, so batches '
@@ -393,7 +395,8 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     :func:`executors.models.tailor.to_embedding_model` with ``layer_name``, ``freeze``, ``projection_head``,
     ``input_size`` and ``input_dtype``, and the tuned cut model is returned (``model`` is not modified).
     Without ``num_items_per_class``, class data comes in class-balanced batches
-    (:func:`default_items_per_class`), so every batch holds positives; a batch that still gives the loss no
+    (:func:`default_items_per_class`; data that fits in one batch is one batch), so every batch holds
+    positives; a batch that still gives the loss no
     pair or triplet is counted in ``tuner.state.empty_batches`` and warned about. Inputs holding NaN or inf
     are refused (naming the item); a non-finite loss or gradient stops the run with the weights of the last
     finite update and a RuntimeWarning (``tuner.state.stopped_reason``).
