@@ -66,9 +66,25 @@ def model_spec(model: nn.Module) -> Dict[str, Any]:
     return spec
 
 
+def read_state_dict(path, field: str = 'weights_path') -> Dict[str, torch.Tensor]:
+    """A state dict from a local ``.safetensors`` file, or a ``.pth`` read with ``weights_only=True``
+    (never unpickles arbitrary objects); InputError naming ``field`` otherwise."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f'{field}: {str(path)!r} is not a file; give a local .safetensors or .pth state dict')
+    if file.suffix == '.safetensors':
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    try:
+        return torch.load(str(file), map_location='cpu', weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises several types for a bad or unsafe file
+        raise InputError(f'{field}: cannot read {str(path)!r} as a weights-only state dict ({error})') from error
+
+
 def _register_families() -> None:
     """Import the model families (one module each) so their builders register."""
-    from executors.models import mlp, torchvision_models  # noqa: F401
+    from executors.models import efficientnet, mlp, point_cloud, torchvision_models  # noqa: F401
 
 
 _register_families()
