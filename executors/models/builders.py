@@ -4,26 +4,14 @@ Storing the builder spec instead of a pickled module is what lets a saved model 
 without unpickling anything: ``build_model(spec)`` then ``load_state_dict`` from safetensors.
 Every model built here carries its spec as ``model.builder_spec``.
 """
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from executors.errors import InputError
-
-MODEL_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
-SPEC_ATTRIBUTE = 'builder_spec'
-
-
-def register_builder(name: str):
-    """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name``."""
-
-    def decorate(fn):
-        MODEL_BUILDERS[name] = fn
-        return fn
-
-    return decorate
+from executors.models import efficientnet, mlp, point_cloud, torchvision_models  # noqa: F401  (the families register their builders)
+from executors.models.registry import MODEL_BUILDERS, SPEC_ATTRIBUTE, register_builder
 
 
 @register_builder('embedding_model')
@@ -65,26 +53,3 @@ def model_spec(model: nn.Module) -> Dict[str, Any]:
         )
     return spec
 
-
-def read_state_dict(path, field: str = 'weights_path') -> Dict[str, torch.Tensor]:
-    """A state dict from a local ``.safetensors`` file, or a ``.pth`` read with ``weights_only=True``
-    (never unpickles arbitrary objects); InputError naming ``field`` otherwise."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f'{field}: {str(path)!r} is not a file; give a local .safetensors or .pth state dict')
-    if file.suffix == '.safetensors':
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    try:
-        return torch.load(str(file), map_location='cpu', weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises several types for a bad or unsafe file
-        raise InputError(f'{field}: cannot read {str(path)!r} as a weights-only state dict ({error})') from error
-
-
-def _register_families() -> None:
-    """Import the model families (one module each) so their builders register."""
-    from executors.models import efficientnet, mlp, point_cloud, torchvision_models  # noqa: F401
-
-
-_register_families()

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 from torch import nn
 
 from executors.errors import InputError
-from executors.models.builders import build_model, read_state_dict, register_builder
+from executors.models.registry import register_builder
+from executors.models.weights import read_state_dict
 
 MODEL_NAME = 'efficientnet-lite0'
 EMBEDDING_LAYER = '_avg_pooling'
@@ -86,6 +87,8 @@ def tailored_efficientnet_lite0(num_frozen_blocks: int = 8, projection_head: Opt
 
     Built through the ``embedding_model`` builder, so the result carries a JSON spec and a saved
     version is rebuilt without pickle."""
+    from executors.models.builders import build_model
+
     return build_model({'builder': 'embedding_model', 'kwargs': {
         'base': {'builder': 'efficientnet_lite0', 'kwargs': {'pretrained': pretrained, 'weights_path': weights_path}},
         'layer_name': EMBEDDING_LAYER, 'freeze': frozen_layers(num_frozen_blocks),

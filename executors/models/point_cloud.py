@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from executors.errors import InputError
-from executors.models.builders import register_builder
+from executors.models.registry import register_builder
 
 
 def _check_points(points: torch.Tensor) -> None:

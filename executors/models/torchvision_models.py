@@ -4,7 +4,9 @@ from typing import Optional
 from torch import nn
 
 from executors.errors import InputError
-from executors.models.builders import read_state_dict, register_builder
+from executors.models.registry import register_builder
+from executors.models.weights import read_state_dict
+
 
 @register_builder('torchvision')
 def build_torchvision(arch: str, weights_path: Optional[str] = None, **arch_kwargs) -> nn.Module:
