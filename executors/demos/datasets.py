@@ -249,12 +249,18 @@ MESH_CLASSES: Dict[str, Callable[[np.random.Generator], List[trimesh.Trimesh]]] 
 
 
 def make_mesh(class_name: str, rng: np.random.Generator) -> trimesh.Trimesh:
-    """One random object of ``class_name``: its parts joined into one mesh, centred, then posed by a
-    random turn about z, a tilt of up to 10 degrees about x and a size factor in [0.5, 2]."""
+    """One random object of ``class_name``: its parts (one of them left out with probability 1/4, as if
+    broken off or hidden) joined into one mesh, centred, stretched by an independent factor in [0.6, 1.6]
+    along each axis (so proportions overlap between classes), then posed by a random turn about z, a
+    tilt of up to 10 degrees about x and a size factor in [0.5, 2]."""
     if class_name not in MESH_CLASSES:
         raise InputError(f'class_name: unknown class {class_name!r}; use one of {sorted(MESH_CLASSES)}')
-    mesh = trimesh.util.concatenate(MESH_CLASSES[class_name](rng))
+    parts = MESH_CLASSES[class_name](rng)
+    if len(parts) > 2 and rng.random() < 0.25:
+        parts.pop(int(rng.integers(len(parts))))
+    mesh = trimesh.util.concatenate(parts)
     mesh.apply_translation(-mesh.bounds.mean(axis=0))
+    mesh.vertices = mesh.vertices * rng.uniform(0.6, 1.6, size=3)
     pose = trimesh.transformations.rotation_matrix(rng.uniform(0, 2 * math.pi), (0, 0, 1)) @ \
         trimesh.transformations.rotation_matrix(math.radians(rng.uniform(-10, 10)), (1, 0, 0))
     mesh.apply_transform(pose)
