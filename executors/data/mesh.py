@@ -19,7 +19,7 @@ from executors.data.specs import boolean, checked_int, number, optional_root, or
 from executors.data.transforms import InputTransform
 from executors.errors import InputError
 
-MESH_FILE_TYPES = ('off', 'obj', 'stl', 'ply')
+MESH_FILE_TYPES = ('off', 'obj', 'stl', 'ply', 'glb')
 _MESH_FORMATS_TEXT = ', '.join(f'.{file_type}' for file_type in MESH_FILE_TYPES)
 
 

@@ -7,7 +7,7 @@
 * :func:`make_look_alike_pairs`: a Totally-Looks-Like-style tree ``<root>/left/<nnnnn>.jpg`` and
   ``<root>/right/<nnnnn>.jpg`` built from real photographs (the two photos scikit-learn ships and
   the colour photos of scikit-image): each pair shows one region of a photo, cut twice with a
-  different window (shifted and rescaled), flip, rotation, colour and blur, so the two sides look
+  different window (shifted and rescaled), flip, rotation, hue, colour and blur, so the two sides look
   alike without being copies.
 
 Both are read back with the loaders in :mod:`executors.data.layouts`.
@@ -249,12 +249,18 @@ MESH_CLASSES: Dict[str, Callable[[np.random.Generator], List[trimesh.Trimesh]]] 
 
 
 def make_mesh(class_name: str, rng: np.random.Generator) -> trimesh.Trimesh:
-    """One random object of ``class_name``: its parts joined into one mesh, centred, then posed by a
-    random turn about z, a tilt of up to 10 degrees about x and a size factor in [0.5, 2]."""
+    """One random object of ``class_name``: its parts (one of them left out with probability 1/4, as if
+    broken off or hidden) joined into one mesh, centred, stretched by an independent factor in [0.6, 1.6]
+    along each axis (so proportions overlap between classes), then posed by a random turn about z, a
+    tilt of up to 10 degrees about x and a size factor in [0.5, 2]."""
     if class_name not in MESH_CLASSES:
         raise InputError(f'class_name: unknown class {class_name!r}; use one of {sorted(MESH_CLASSES)}')
-    mesh = trimesh.util.concatenate(MESH_CLASSES[class_name](rng))
+    parts = MESH_CLASSES[class_name](rng)
+    if len(parts) > 2 and rng.random() < 0.25:
+        parts.pop(int(rng.integers(len(parts))))
+    mesh = trimesh.util.concatenate(parts)
     mesh.apply_translation(-mesh.bounds.mean(axis=0))
+    mesh.vertices = mesh.vertices * rng.uniform(0.6, 1.6, size=3)
     pose = trimesh.transformations.rotation_matrix(rng.uniform(0, 2 * math.pi), (0, 0, 1)) @ \
         trimesh.transformations.rotation_matrix(math.radians(rng.uniform(-10, 10)), (1, 0, 0))
     mesh.apply_transform(pose)
@@ -314,26 +320,33 @@ def source_photos() -> Dict[str, np.ndarray]:
 
 
 def _view(photo: np.ndarray, box, rng: np.random.Generator, size: int):
-    """One augmented look at ``box = (top, left, side)`` of ``photo``: the window shifted by up to 20 %
-    and rescaled by 0.8-1.25, flipped with probability 1/2, rotated by up to 15 degrees, colour-jittered
-    (brightness, contrast, saturation x 0.7-1.3) and sometimes blurred; a PIL image of size x size."""
+    """One look at ``box = (top, left, side)`` of ``photo``, changed the way look-alike pictures differ:
+    the window shifted by up to 30 % and rescaled by 0.7-1.4, flipped with probability 1/2, rotated by up
+    to 25 degrees; then its colours: hue turned by up to 1/10 of the colour circle, brightness, contrast
+    and saturation x 0.6-1.4, grey with probability 1/5, blurred with probability 1/3. A PIL image of
+    size x size pixels."""
     from PIL import Image, ImageEnhance, ImageFilter
 
     height, width, _ = photo.shape
     top, left, side = box
-    scaled = int(np.clip(side * rng.uniform(0.8, 1.25), 16, min(height, width)))
-    centre_y = top + side / 2 + rng.uniform(-0.2, 0.2) * side
-    centre_x = left + side / 2 + rng.uniform(-0.2, 0.2) * side
+    scaled = int(np.clip(side * rng.uniform(0.7, 1.4), 16, min(height, width)))
+    centre_y = top + side / 2 + rng.uniform(-0.3, 0.3) * side
+    centre_x = left + side / 2 + rng.uniform(-0.3, 0.3) * side
     y0 = int(np.clip(centre_y - scaled / 2, 0, height - scaled))
     x0 = int(np.clip(centre_x - scaled / 2, 0, width - scaled))
     image = Image.fromarray(photo[y0:y0 + scaled, x0:x0 + scaled])
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    image = image.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR)
+    image = image.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR)
     image = image.resize((size, size), Image.Resampling.BILINEAR)
+    hsv = np.asarray(image.convert('HSV')).copy()
+    hsv[:, :, 0] = (hsv[:, :, 0].astype(np.int16) + int(rng.uniform(-0.1, 0.1) * 256)) % 256
+    image = Image.fromarray(hsv, mode='HSV').convert('RGB')
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        image = enhancer(image).enhance(rng.uniform(0.7, 1.3))
-    if rng.random() < 0.3:
+        image = enhancer(image).enhance(rng.uniform(0.6, 1.4))
+    if rng.random() < 0.2:
+        image = image.convert('L').convert('RGB')
+    if rng.random() < 1 / 3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
     return image
 
@@ -341,7 +354,7 @@ def _view(photo: np.ndarray, box, rng: np.random.Generator, size: int):
 def make_look_alike_pairs(root: str | Path, num_pairs: int = 600, size: int = 160, seed: int = 0,
                           photos: Dict[str, np.ndarray] | None = None) -> Path:
     """Write ``<root>/left/<nnnnn>.jpg`` and ``<root>/right/<nnnnn>.jpg``: ``num_pairs`` pairs, each two
-    different views (:func:`_view`) of one square region of a real photo (side 12-40 % of the photo's
+    different views (:func:`_view`) of one square region of a real photo (side 12-35 % of the photo's
     shorter side, position uniform), JPEG quality 90, ``size`` x ``size`` pixels. Regions are drawn from
     the photos in turn, so every photo gives about num_pairs / len(photos) pairs. Returns ``root``."""
     if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
@@ -357,7 +370,7 @@ def make_look_alike_pairs(root: str | Path, num_pairs: int = 600, size: int = 16
     for number in range(num_pairs):
         photo = photos[names[number % len(names)]]
         height, width, _ = photo.shape
-        side = int(min(height, width) * rng.uniform(0.12, 0.4))
+        side = int(min(height, width) * rng.uniform(0.12, 0.35))
         box = (int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side)
         for folder in ('left', 'right'):
             _view(photo, box, rng, size).save(root / folder / f'{number:05d}.jpg', quality=90)

@@ -79,17 +79,27 @@ def frozen_layers(num_frozen_blocks: int) -> list[str]:
     return ['_conv_stem', '_bn0', *[f'_blocks.{i}' for i in range(num_frozen_blocks)]]
 
 
+@register_builder('efficientnet_lite0_embedding')
+def build_efficientnet_lite0_embedding(num_frozen_blocks: int = 8, projection_head: Optional[int] = None,
+                                       input_size: Sequence[int] = (3, 160, 160), pretrained: bool = True,
+                                       weights_path: Optional[str] = None) -> nn.Module:
+    """The pretrained network cut at its pooling layer (``_avg_pooling``: [B, 3, H, W] -> [B, 1280]), stem
+    and first ``num_frozen_blocks`` blocks frozen, optional trainable ``nn.Linear(1280, E)`` head
+    (``projection_head=E``); ``input_size`` (C, H, W) of the dummy batch that measures the output size."""
+    from executors.models.tailor import to_embedding_model
+
+    base = build_efficientnet_lite0(pretrained=pretrained, weights_path=weights_path)
+    return to_embedding_model(base, layer_name=EMBEDDING_LAYER, freeze=frozen_layers(num_frozen_blocks),
+                              projection_head=projection_head, input_size=list(input_size))
+
+
 def tailored_efficientnet_lite0(num_frozen_blocks: int = 8, projection_head: Optional[int] = None,
                                 input_size: Sequence[int] = (3, 160, 160), pretrained: bool = True,
                                 weights_path: Optional[str] = None) -> nn.Module:
-    """The pretrained network cut at its pooling layer (``_avg_pooling``: [B, 3, H, W] -> [B, 1280]),
-    stem and first ``num_frozen_blocks`` blocks frozen, optional trainable ``nn.Linear(1280, E)`` head.
-
-    Built through the ``embedding_model`` builder, so the result carries a JSON spec and a saved
-    version is rebuilt without pickle."""
+    """``build_model`` of the ``efficientnet_lite0_embedding`` builder: the result carries its JSON spec,
+    so a saved version is rebuilt without pickle."""
     from executors.models.builders import build_model
 
-    return build_model({'builder': 'embedding_model', 'kwargs': {
-        'base': {'builder': 'efficientnet_lite0', 'kwargs': {'pretrained': pretrained, 'weights_path': weights_path}},
-        'layer_name': EMBEDDING_LAYER, 'freeze': frozen_layers(num_frozen_blocks),
-        'projection_head': projection_head, 'input_size': list(input_size)}})
+    return build_model({'builder': 'efficientnet_lite0_embedding', 'kwargs': {
+        'num_frozen_blocks': num_frozen_blocks, 'projection_head': projection_head, 'input_size': list(input_size),
+        'pretrained': pretrained, 'weights_path': weights_path}})

@@ -23,6 +23,7 @@ from torch import nn
 
 from executors.errors import InputError
 from executors.models.registry import register_builder
+from executors.models.weights import read_state_dict
 
 
 def _check_points(points: torch.Tensor) -> None:
@@ -153,15 +154,28 @@ class DGCNN(nn.Module):
         return self.head(pooled)
 
 
+def _with_weights(model: nn.Module, weights_path: str | None) -> nn.Module:
+    if weights_path is not None:
+        state = read_state_dict(weights_path)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise InputError(f'weights_path: {str(weights_path)!r} does not fit this {type(model).__name__} '
+                             f'({str(error).splitlines()[0]}); give weights saved from the same settings') from error
+    return model
+
+
 @register_builder('pointnet')
 def build_pointnet(embedding_dim: int = 256, point_widths: Sequence[int] = (64, 128, 1024),
-                   head_widths: Sequence[int] = (512,), dropout: float = 0.3) -> nn.Module:
-    """:class:`PointNet` ([B, N, 3] -> [B, embedding_dim])."""
-    return PointNet(embedding_dim, point_widths, head_widths, dropout)
+                   head_widths: Sequence[int] = (512,), dropout: float = 0.3, weights_path: str | None = None) -> nn.Module:
+    """:class:`PointNet` ([B, N, 3] -> [B, embedding_dim]); ``weights_path``: a local state dict
+    (.safetensors, or .pth read with weights_only=True), e.g. a network pre-trained on other classes."""
+    return _with_weights(PointNet(embedding_dim, point_widths, head_widths, dropout), weights_path)
 
 
 @register_builder('dgcnn')
 def build_dgcnn(embedding_dim: int = 256, k: int = 20, edge_widths: Sequence[int] = (64, 64, 128, 256),
-                global_dim: int = 1024, head_widths: Sequence[int] = (512,), dropout: float = 0.5) -> nn.Module:
-    """:class:`DGCNN` ([B, N, 3] -> [B, embedding_dim])."""
-    return DGCNN(embedding_dim, k, edge_widths, global_dim, head_widths, dropout)
+                global_dim: int = 1024, head_widths: Sequence[int] = (512,), dropout: float = 0.5,
+                weights_path: str | None = None) -> nn.Module:
+    """:class:`DGCNN` ([B, N, 3] -> [B, embedding_dim]); ``weights_path`` as for PointNet."""
+    return _with_weights(DGCNN(embedding_dim, k, edge_widths, global_dim, head_widths, dropout), weights_path)

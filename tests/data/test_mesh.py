@@ -152,7 +152,7 @@ def test_bad_transform_specs(spec, message):
 
 @pytest.mark.parametrize('spec, message', [
     ({'modality': 'mesh', 'num_points': 0}, 'num_points: expected an integer >= 1, got 0'),
-    ({'modality': 'mesh', 'file_type': 'xyz'}, 'file_type: expected one of off, obj, stl, ply or None'),
+    ({'modality': 'mesh', 'file_type': 'xyz'}, 'file_type: expected one of off, obj, stl, ply, glb or None'),
     ({'modality': 'mesh', 'seed': -1}, 'seed: expected an integer >= 0'),
 ])
 def test_bad_decoding_specs(spec, message):

@@ -5,7 +5,7 @@ from PIL import Image
 
 from executors.data.labels import assign_labels, build_rule
 from executors.data.layouts import PAIR_RULE, read_mesh_folders, read_pair_folders
-from executors.data.preprocessing import build_preprocessing
+from executors.data.mesh import MeshDecoder
 from executors.demos.datasets import MESH_CLASSES, make_look_alike_pairs, make_mesh, make_mesh_dataset, source_photos
 from executors.errors import InputError
 
@@ -27,8 +27,7 @@ def test_mesh_tree_reads_back_through_the_loader_and_the_mesh_decoder(tmp_path):
     assert len(docs) == 15
     assert sorted({d.label for d in docs}) == classes
     assert sum(d.tags['split'] == 'test' for d in docs) == 6
-    pipeline = build_preprocessing({'modality': 'mesh', 'root': str(tmp_path), 'num_points': 64})
-    clouds = [pipeline.apply({'uri': d.uri}) for d in docs]
+    clouds = MeshDecoder(root=str(tmp_path), num_points=64).decode_batch([{'uri': d.uri} for d in docs])
     assert all(c.shape == (64, 3) and np.isfinite(c).all() for c in clouds)
     again = tmp_path / 'again'
     make_mesh_dataset(again, classes=classes, num_train=3, num_test=2, seed=1)

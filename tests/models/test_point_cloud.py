@@ -111,3 +111,16 @@ def test_bad_pointnet_settings_are_input_errors(kwargs, field):
 def test_bad_dgcnn_k_is_an_input_error():
     with pytest.raises(InputError, match='k:'):
         build_model({'builder': 'dgcnn', 'kwargs': {'k': 0}})
+
+
+def test_weights_path_loads_pretrained_weights_and_refuses_mismatched_ones(tmp_path, clouds):
+    from safetensors.torch import save_file
+
+    model = build_model(SPECS[0], seed=3).eval()
+    path = tmp_path / 'pretrained.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    loaded = build_model({'builder': 'pointnet', 'kwargs': {**SPECS[0]['kwargs'], 'weights_path': str(path)}}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(clouds), model(clouds))
+    with pytest.raises(InputError, match='does not fit'):
+        build_model({'builder': 'pointnet', 'kwargs': {'embedding_dim': 8, 'weights_path': str(path)}})
