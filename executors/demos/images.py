@@ -39,8 +39,8 @@ DECODING = {'modality': 'image', 'max_side': 128}
 MINERS = {'hard': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'hard', 'neg_strategy': 'hard'},
           'semihard': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'all', 'neg_strategy': 'semihard'}}
 SETTINGS = {
-    'full': {'num_pairs': 450, 'num_held_out': 200, 'epochs': 3},
-    'quick': {'num_pairs': 130, 'num_held_out': 60, 'epochs': 2},
+    'full': {'num_pairs': 400, 'num_held_out': 200, 'epochs': 3},
+    'quick': {'num_pairs': 130, 'num_held_out': 60, 'epochs': 3},
 }
 
 
