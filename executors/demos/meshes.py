@@ -44,7 +44,7 @@ MINER = {'name': 'TripletEasyHardMiner', 'pos_strategy': 'easy', 'neg_strategy':
 MARGIN = 0.4
 BATCH_SIZE, ITEMS_PER_CLASS = 56, 8
 SETTINGS = {
-    'full': {'num_train': 32, 'num_test': 8, 'pretrain_epochs': 15, 'tune_epochs': 15},
+    'full': {'num_train': 32, 'num_test': 8, 'pretrain_epochs': 15, 'tune_epochs': 30},
     'quick': {'num_train': 12, 'num_test': 4, 'pretrain_epochs': 6, 'tune_epochs': 6},
 }
 METRICS = ('mAP', 'NDCG')
