@@ -33,8 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = 'mesh-pointnet'
 POINTNET = {'embedding_dim': 128, 'point_widths': [32, 64, 256], 'head_widths': [128], 'dropout': 0.3}

@@ -21,13 +21,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from executors.data.transforms import attach_transform, build_transform
-from executors.models.inference import embed
-from executors.errors import InputError
 from executors.data.document_store import DocumentStore, StoredDoc
+from executors.data.transforms import attach_transform, build_transform
+from executors.errors import InputError
 from executors.evaluation.metrics import evaluate_embeddings
-from executors.models import ModelStore, build_model
 from executors.evaluation.plots import plot_history
+from executors.models import ModelStore, build_model
+from executors.models.inference import embed
 from executors.tuner.callbacks import Callback, MetricsLogger
 from executors.tuner.data import to_labeled_items
 from executors.tuner.losses import get_loss

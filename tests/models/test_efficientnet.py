@@ -6,8 +6,13 @@ from PIL import Image
 
 from executors.errors import InputError
 from executors.models import build_model, load, save
-from executors.models.efficientnet import (EMBEDDING_DIM, INPUT_NORMALISATION, frozen_layers,
-                                           pretrained_weights_path, tailored_efficientnet_lite0)
+from executors.models.efficientnet import (
+    EMBEDDING_DIM,
+    INPUT_NORMALISATION,
+    frozen_layers,
+    pretrained_weights_path,
+    tailored_efficientnet_lite0,
+)
 
 
 def _photo_batch(size: int) -> torch.Tensor:
