@@ -43,7 +43,7 @@ MARGIN = 0.4
 BATCH_SIZE, ITEMS_PER_CLASS = 56, 8
 SETTINGS = {
     'full': {'num_train': 32, 'num_test': 8, 'pretrain_epochs': 15, 'tune_epochs': 30},
-    'quick': {'num_train': 12, 'num_test': 4, 'pretrain_epochs': 6, 'tune_epochs': 6},
+    'quick': {'num_train': 12, 'num_test': 4, 'pretrain_epochs': 15, 'tune_epochs': 20},
 }
 METRICS = ('mAP', 'NDCG')
 TUNE_CLASSES = ['bed', 'bookshelf', 'chair', 'monitor', 'sofa', 'stool', 'table']

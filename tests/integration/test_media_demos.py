@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_mesh_scenario_quick(tmp_path):
-    from executors.demos.meshes import run
+    from executors.demos.meshes import SETTINGS, run
 
     result = run(tmp_path / 'results', tmp_path / 'work', quick=True)
     before, after = result['table'].values()
@@ -18,7 +18,8 @@ def test_mesh_scenario_quick(tmp_path):
     assert result['fit_job']['version'] == 2 and result['fit_job']['parent'] == 1
     assert json.loads((tmp_path / 'results' / 'meshes-quick.json').read_text())['table'] == result['table']
     assert (tmp_path / 'results' / 'meshes-quick_neighbours.png').stat().st_size > 10_000
-    assert (tmp_path / 'results' / 'meshes-quick_pretrain_log.jsonl').read_text().count('\n') == 6  # one row per epoch
+    log = (tmp_path / 'results' / 'meshes-quick_pretrain_log.jsonl').read_text()
+    assert log.count('\n') == SETTINGS['quick']['pretrain_epochs']  # the logger callback: one row per epoch
 
 
 @pytest.mark.slow
