@@ -1,4 +1,5 @@
-# `make demo`: set up .venv (first run: a few minutes) and run the swiss-roll scenario end to end.
+# `make demo`: set up .venv (first run: a few minutes) and run the swiss-roll scenario end to end;
+# `make demo SCENARIO=images` / `SCENARIO=meshes`: the image and 3-D mesh scenarios.
 # `make test`: set up .venv and run the whole test suite.  `make bench`: the benchmarks.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -18,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+SCENARIO ?= swiss_roll
 demo: $(STAMP)
-	$(PYTHON) -m executors.demos.swiss_roll
+	$(PYTHON) -m executors.demos.$(SCENARIO)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
@@ -27,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_fit.py
 	$(PYTHON) benchmarks/bench_miners.py
+	$(PYTHON) benchmarks/bench_media.py
 
 clean:
 	rm -rf $(VENV) results workspace

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from executors.data.decoding import Decoder
 from executors.data.paths import resolve_in_root
@@ -28,6 +28,9 @@ from executors.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_PIXELS = 64_000_000
+"""Default decompression-bomb guard: an encoded image that declares more pixels (width x height) is refused
+from its header, before any pixel is decoded (Pillow's own guard is 2 x 89 M pixels, a warning below)."""
 
 
 # ---------------------------------------------------------------- decoding
@@ -52,23 +55,30 @@ def load_image(source: str | os.PathLike | bytes | np.ndarray | Image.Image) -> 
 class ImageDecoder(Decoder):
     """tensor (pixels) | blob (encoded bytes) | uri (file inside ``root``) -> RGB uint8 [H, W, 3]; the
     first present of tensor, blob, uri is used. ``max_side``: images whose longer side exceeds it are
-    shrunk (aspect kept, Lanczos) to bound what documents store; None keeps every pixel."""
+    shrunk (aspect kept, Lanczos) to bound what documents store; None keeps every pixel. Encoded images
+    (blob, uri) get their EXIF orientation applied and transparency composited over white; one declaring
+    more than ``max_pixels`` pixels is refused from its header (decompression-bomb guard), as are empty,
+    corrupt and truncated files: each an InputError naming the field (and, in a batch, the document)."""
 
     modality: ClassVar[str] = 'image'
     root: str | None = None
     max_side: int | None = None
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self):
         self.root = optional_root(self.root)
         self.max_side = optional_int('max_side', self.max_side)
+        self.max_pixels = checked_int('max_pixels', self.max_pixels)
 
     def decode(self, fields):
         if fields.get('tensor') is not None:
             image = load_image(fields['tensor'])
         elif fields.get('blob') is not None:
-            image = load_image(fields['blob'])
+            blob = fields['blob']
+            image = _decode_image(bytes(blob), 'blob', f'{len(blob)} bytes', self.max_pixels)
         elif fields.get('uri') is not None:
-            image = _decode_image(resolve_in_root(fields['uri'], self.root).read_bytes(), 'uri', repr(fields['uri']))
+            image = _decode_image(resolve_in_root(fields['uri'], self.root).read_bytes(), 'uri', repr(fields['uri']),
+                                  self.max_pixels)
         else:
             raise InputError('tensor/blob/uri: the document has no image; give pixels as tensor, '
                              'encoded bytes as blob or a file path inside root as uri')
@@ -79,13 +89,37 @@ class ImageDecoder(Decoder):
         return np.asarray(image, dtype=np.uint8)
 
 
-def _decode_image(data: bytes, field: str, what: str) -> Image.Image:
+def _decode_image(data: bytes, field: str, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """RGB image of encoded bytes: EXIF orientation applied (a phone photo stands upright), transparent
+    pixels composited over white, grey and palette images expanded to RGB. Refuses empty data, a size over
+    ``max_pixels`` (checked on the header, before decoding), and corrupt or truncated files."""
+    if not data:
+        raise InputError(f'{field}: {what} is empty (0 bytes); give a PNG, JPEG or another format Pillow reads')
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.convert('RGB')
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InputError(f'{field}: {what} is an image of {width} x {height} pixels, more than the limit of '
+                                 f'{max_pixels:,} (a decompression-bomb guard); give a smaller image or raise max_pixels')
+            image.load()  # decodes now, so truncated data fails here
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as error:
+        raise InputError(f'{field}: {what} declares more pixels than Pillow allows ({error}); a decompression-bomb '
+                         'guard, give a smaller image') from error
+    except (OSError, ValueError, SyntaxError) as error:
         raise InputError(f'{field}: cannot decode {what} as an image ({error}); give a PNG, JPEG or another '
                          'format Pillow reads') from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any mode; images with transparency are composited over white (not onto black)."""
+    if image.mode == 'P' and 'transparency' in image.info:
+        image = image.convert('RGBA')
+    if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+        rgba = image.convert('RGBA')
+        background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert('RGB')
+    return image.convert('RGB')
 
 
 def _image_from_pixels(pixels: np.ndarray) -> Image.Image:

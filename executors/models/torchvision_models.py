@@ -1,12 +1,11 @@
 """Torchvision architectures with local weights only (nothing is downloaded)."""
-from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
-import torch
 from torch import nn
 
 from executors.errors import InputError
 from executors.models.registry import register_builder
+from executors.models.weights import read_state_dict
 
 
 @register_builder('torchvision')
@@ -20,16 +19,6 @@ def build_torchvision(arch: str, weights_path: Optional[str] = None, **arch_kwar
         raise InputError(f'arch: torchvision has no model {arch!r}; use e.g. resnet18, resnet50, efficientnet_b0')
     model = getattr(torchvision.models, arch)(weights=None, **arch_kwargs)
     if weights_path is not None:
-        model.load_state_dict(_read_state_dict(weights_path))
+        model.load_state_dict(read_state_dict(weights_path))
     return model
 
-
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f'weights_path: {path!r} is not a file; give a local .safetensors or .pth state dict')
-    if file.suffix == '.safetensors':
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    return torch.load(str(file), map_location='cpu', weights_only=True)  # never unpickles arbitrary objects

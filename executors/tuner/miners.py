@@ -285,3 +285,18 @@ class SessionMiner:
         row, column = (session[positive][:, None] == session[negative][None, :]).nonzero(as_tuple=True)
         triplets = (query_of_session[session[positive[row]]], positive[row], negative[column])
         return pairs, triplets
+
+
+MINERS = {miner.__name__: miner for miner in (AllPairsMiner, AllTripletsMiner, SiameseEasyHardMiner, TripletEasyHardMiner)}
+
+
+def build_miner(spec: dict):
+    """A miner from a JSON spec ``{'name': <one of MINERS>, **settings}``, e.g.
+    ``{'name': 'TripletEasyHardMiner', 'pos_strategy': 'easy', 'neg_strategy': 'semihard'}`` (for flows)."""
+    if not isinstance(spec, dict) or spec.get('name') not in MINERS:
+        raise InputError(f"miner: expected {{'name': one of {sorted(MINERS)}, **settings}}, got {spec!r}")
+    settings = {key: value for key, value in spec.items() if key != 'name'}
+    try:
+        return MINERS[spec['name']](**settings)
+    except TypeError as error:
+        raise InputError(f"miner: bad settings for {spec['name']} ({error})") from None

@@ -10,6 +10,7 @@ before/after, per-epoch history and a digest of the training data; a ``loss.png`
 written beside it.
 """
 import hashlib
+import inspect
 import math
 import threading
 import time
@@ -18,22 +19,67 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 
-from executors.data.transforms import attach_transform, build_transform
-from executors.models.inference import embed
-from executors.errors import InputError
 from executors.data.document_store import DocumentStore, StoredDoc
+from executors.data.transforms import attach_transform, build_transform
+from executors.errors import InputError
 from executors.evaluation.metrics import evaluate_embeddings
-from executors.models import ModelStore, build_model
 from executors.evaluation.plots import plot_history
-from executors.tuner.callbacks import Callback
+from executors.models import ModelStore, build_model
+from executors.models.inference import embed
+from executors.tuner.callbacks import Callback, MetricsLogger
 from executors.tuner.data import to_labeled_items
 from executors.tuner.losses import get_loss
+from executors.tuner.miners import build_miner
 from executors.tuner.trainer import fit
 
 FIT_DEFAULTS = {'epochs': 10, 'batch_size': 256, 'learning_rate': 1e-3, 'loss': 'SiameseLoss', 'loss_kwargs': {},
                 'optimizer': 'adam', 'num_items_per_class': None, 'seed': 0, 'eval_fraction': 0.2, 'eval_k': 10,
-                'from_scratch': False}
+                'from_scratch': False, 'miner': None, 'scheduler': None}
+
+
+SCHEDULERS = ('MultiStepLR', 'StepLR', 'ExponentialLR', 'CosineAnnealingLR')
+
+
+def _loss_of(opts: Dict[str, Any]):
+    """The loss module of fit options: ``loss`` with ``loss_kwargs`` and, when given, the ``miner`` spec
+    ``{'name': 'TripletEasyHardMiner', 'pos_strategy': ..., 'neg_strategy': ...}``."""
+    kwargs = dict(opts['loss_kwargs'] or {})
+    if opts.get('miner') is not None:
+        try:
+            kwargs['miner'] = build_miner(opts['miner'])
+        except InputError as error:
+            raise InputError(f'parameters.{error}') from error
+    return get_loss(opts['loss'], **kwargs)
+
+
+def _optimizer_of(opts: Dict[str, Any]):
+    """None, or with a ``scheduler`` spec ``{'name': 'MultiStepLR', 'milestones': [20, 30], 'gamma': 0.3}``
+    (a ``torch.optim.lr_scheduler`` class of SCHEDULERS, stepped after every epoch) a ``configure_optimizer``
+    that builds ``optimizer`` at ``learning_rate`` over the trainable parameters plus that scheduler."""
+    spec = opts.get('scheduler')
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get('name') not in SCHEDULERS:
+        raise InputError(f"parameters.scheduler: expected {{'name': one of {list(SCHEDULERS)}, **settings}}, got {spec!r}")
+    from executors.tuner.trainer import OPTIMIZERS
+
+    name = (opts['optimizer'] or 'adam').lower()
+    if name not in OPTIMIZERS:
+        raise InputError(f"parameters.optimizer: unknown {opts['optimizer']!r}; use one of {sorted(OPTIMIZERS)}")
+    settings = {key: value for key, value in spec.items() if key != 'name'}
+    scheduler_class = getattr(torch.optim.lr_scheduler, spec['name'])
+    try:
+        inspect.signature(scheduler_class).bind(None, **settings)
+    except TypeError as error:
+        raise InputError(f"parameters.scheduler: bad settings for {spec['name']} ({error})") from None
+
+    def configure_optimizer(model):
+        optimizer = OPTIMIZERS[name]([p for p in model.parameters() if p.requires_grad], lr=opts['learning_rate'])
+        return optimizer, scheduler_class(optimizer, **settings)
+
+    return configure_optimizer
 
 
 class _JobProgress(Callback):
@@ -93,6 +139,7 @@ class TrainingService:
         if unknown:
             raise InputError(f'fit_defaults: unknown option(s) {sorted(unknown)}; known: {sorted(FIT_DEFAULTS)}')
         Path(workspace).mkdir(parents=True, exist_ok=True)
+        self.workspace = Path(workspace)
         self.data = DocumentStore(Path(workspace) / 'training.sqlite')
         self.seed = seed
         self._lock = threading.Lock()
@@ -144,7 +191,8 @@ class TrainingService:
         opts = {**self.fit_defaults, **options}
         if not 0 <= opts['eval_fraction'] < 1:
             raise InputError(f'parameters.eval_fraction: must be in [0, 1), got {opts["eval_fraction"]}')
-        get_loss(opts['loss'], **(opts['loss_kwargs'] or {}))  # a bad loss is the caller's error, now
+        _loss_of(opts)  # a bad loss, miner or scheduler is the caller's error, now
+        _optimizer_of(opts)
         docs = self._load_docs()
         if not docs:
             raise InputError('/fit: no training docs collected; send labelled docs to /train first')
@@ -187,10 +235,13 @@ class TrainingService:
             return evaluate_embeddings(embed(held_out[0], model), held_out[1], k=k)
 
         before = evaluate()
-        fit(model, train, held_out, loss=opts['loss'], loss_kwargs=opts['loss_kwargs'], epochs=opts['epochs'],
-            batch_size=opts['batch_size'], learning_rate=opts['learning_rate'], optimizer=opts['optimizer'],
-            num_items_per_class=opts['num_items_per_class'], seed=opts['seed'], eval_k=max(k, 1),
-            callbacks=[_JobProgress(job)], progress_bar=False)
+        configure_optimizer = _optimizer_of(opts)
+        fit(model, train, held_out, loss=_loss_of(opts), epochs=opts['epochs'],
+            batch_size=opts['batch_size'], learning_rate=opts['learning_rate'],
+            optimizer=None if configure_optimizer else opts['optimizer'], configure_optimizer=configure_optimizer,
+            scheduler_step='epoch', num_items_per_class=opts['num_items_per_class'], seed=opts['seed'],
+            eval_k=max(k, 1), callbacks=[_JobProgress(job), MetricsLogger(self.workspace / 'fit_log.jsonl')],
+            progress_bar=False)
         history = job.get('history', [])
         after = evaluate()
         clean = lambda d: {k_: (None if isinstance(v, float) and math.isnan(v) else v) for k_, v in d.items()}

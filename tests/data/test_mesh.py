@@ -152,10 +152,28 @@ def test_bad_transform_specs(spec, message):
 
 @pytest.mark.parametrize('spec, message', [
     ({'modality': 'mesh', 'num_points': 0}, 'num_points: expected an integer >= 1, got 0'),
-    ({'modality': 'mesh', 'file_type': 'xyz'}, 'file_type: expected one of off, obj, stl, ply or None'),
+    ({'modality': 'mesh', 'file_type': 'xyz'}, 'file_type: expected one of off, obj, stl, ply, glb or None'),
     ({'modality': 'mesh', 'seed': -1}, 'seed: expected an integer >= 0'),
 ])
 def test_bad_decoding_specs(spec, message):
     with pytest.raises(InputError) as error:
         build_decoder(spec)
     assert message in str(error.value)
+
+
+def test_vectorised_batch_equals_item_by_item():
+    """MeshTransform.batch's one-size fast path gives exactly the stacked per-item ``apply`` results; mixed
+    sizes and bad clouds take the item path, whose error names the item."""
+    rng = np.random.default_rng(5)
+    transform = MeshTransform(num_points=16)
+    clouds = [rng.normal(size=(40, 3)).astype(np.float32) * rng.uniform(0.5, 3) for _ in range(6)]
+    expected = np.stack([transform.apply(cloud) for cloud in clouds])
+    np.testing.assert_array_equal(transform.batch(clouds).numpy(), expected)
+    mixed = clouds[:2] + [rng.normal(size=(30, 3)).astype(np.float32)]
+    np.testing.assert_array_equal(transform.batch(mixed).numpy(), np.stack([transform.apply(c) for c in mixed]))
+    collapsed = clouds[:2] + [np.ones((40, 3), np.float32)]
+    with pytest.raises(InputError, match=r'inputs\[2\]: tensor: all points of the point cloud coincide'):
+        transform.batch(collapsed)
+    with_nan = clouds[:1] + [np.full((40, 3), np.nan, np.float32)]
+    with pytest.raises(InputError, match=r'inputs\[1\]: tensor: the point cloud holds NaN'):
+        transform.batch(with_nan)

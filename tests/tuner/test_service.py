@@ -95,3 +95,43 @@ def test_versions_carry_the_base_models_input_transform(tmp_path):
     assert version == 2 and np.allclose(vectors, expected, atol=1e-6)
     with pytest.raises(InputError, match="modality: unknown modality 'sound'"):
         TrainingService(ModelStore(tmp_path / 'other'), 'm', MLP, tmp_path / 'ws2', input_transform={'modality': 'sound'})
+
+
+def test_fit_with_a_miner_and_a_multistep_schedule_logs_every_epoch(service):
+    """The flow's /fit options name a miner and a scheduler as JSON: the learning rate follows MultiStepLR
+    (x0.1 after epoch 2 of 3) and fit_log.jsonl gets one row per epoch."""
+    import json
+
+    from executors.tuner.service import _loss_of, _optimizer_of
+
+    service.add(_blobs())
+    options = {'epochs': 3, 'loss': 'TripletLoss', 'loss_kwargs': {'margin': 0.3},
+               'miner': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'easy', 'neg_strategy': 'semihard'},
+               'scheduler': {'name': 'MultiStepLR', 'milestones': [2], 'gamma': 0.1}}
+    job = service.start_fit(options, wait=True)['job']
+    assert job['state'] == 'done', job.get('error')
+    rows = [json.loads(line) for line in (service.workspace / 'fit_log.jsonl').read_text().splitlines()]
+    assert [row['epoch'] for row in rows] == [1, 2, 3]
+    loss = _loss_of({**service.fit_defaults, **options})
+    assert type(loss.miner).__name__ == 'TripletEasyHardMiner' and loss.miner.neg_strategy == 'semihard'
+    configure = _optimizer_of({**service.fit_defaults, **options})
+    optimizer, scheduler = configure(torch.nn.Linear(2, 2))
+    learning_rates = []
+    for _ in range(3):
+        learning_rates.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        scheduler.step()
+    assert learning_rates == pytest.approx([0.01, 0.01, 0.001])
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'miner': {'name': 'NoSuchMiner'}}, 'parameters.miner: expected'),
+    ({'miner': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'hardest'}}, 'pos_strategy'),
+    ({'scheduler': {'name': 'LambdaLR'}}, 'parameters.scheduler: expected'),
+    ({'scheduler': {'name': 'MultiStepLR', 'steps': [2]}}, 'parameters.scheduler: bad settings for MultiStepLR'),
+])
+def test_bad_miner_or_scheduler_is_refused_before_fitting(service, options, message):
+    service.add(_blobs(5))
+    with pytest.raises(InputError, match=message):
+        service.start_fit(options)
+    assert service.job['state'] == 'idle'
