@@ -7,7 +7,12 @@
 * ``generations/<version>.faiss``: one FAISS index per model version whose embeddings it
   holds (``IndexIDMap2`` over ``IndexFlatIP`` of L2-normalised vectors, i.e. cosine
   similarity; scores are cosine similarities in ``[-1, 1]``), keyed by the store's row ids;
-* ``state.json``: the active version.
+* ``state.json``: the serving (active) version and the swap target being built (pending), so
+  a restarted Indexer serves what it served before; a pending generation is rebuilt after a
+  restart (re-run the swap: ``/model/prepare`` of the same version resumes it).
+
+Deleted documents leave every generation at once; on start, vectors of rows the document
+store no longer holds are dropped (a delete acknowledged before a crash stays deleted).
 
 A query is answered only by the generation of the model version that embedded it; a
 version with no generation is an error, so neighbours never come from another model.
@@ -47,11 +52,20 @@ class VectorIndex:
         self.index.remove_ids(np.asarray(rows, dtype=np.int64))
         self.index.add_with_ids(self._normalised(vectors), np.asarray(rows, dtype=np.int64))
 
-    def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        """``(rows [Q, k], cosine similarities [Q, k])``, best first; row -1 pads when fewer exist."""
+    def remove(self, rows: np.ndarray) -> int:
+        """Drop the vectors of ``rows``; returns how many were held."""
+        return int(self.index.remove_ids(np.asarray(rows, dtype=np.int64)))
+
+    def search(self, queries: np.ndarray, k: int,
+               allowed_rows: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """``(rows [Q, k], cosine similarities [Q, k])``, best first; row -1 pads when fewer exist.
+        ``allowed_rows``: search only among these rows (FAISS ID selector, not post-filtering)."""
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InputError(f'embedding: expected query vectors of dimension {self.dim}, got shape {queries.shape}')
-        scores, rows = self.index.search(self._normalised(queries), k)
+        params = None
+        if allowed_rows is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed_rows, dtype=np.int64)))
+        scores, rows = self.index.search(self._normalised(queries), k, params=params)
         return rows, scores
 
     def rows(self) -> np.ndarray:
@@ -75,9 +89,9 @@ class VectorIndex:
 class SearchIndex:
     """Stored documents plus one :class:`VectorIndex` generation per model version.
 
-    ``active_version`` is the version new documents are indexed with and whose generation
-    answers queries; :meth:`prepare` / :meth:`reindex` / :meth:`activate` build the next
-    generation while the active one keeps serving.
+    ``active_version`` is the version whose generation answers queries and that every new
+    document must be embedded with; :meth:`prepare` / :meth:`reindex` / :meth:`activate` build
+    the next generation (``pending_version``) while the active one keeps serving.
     """
 
     def __init__(self, workspace):
@@ -90,38 +104,65 @@ class SearchIndex:
         self.active_version: Optional[int] = None
         self.pending_version: Optional[int] = None  # the swap target being built
         if self._state_path.is_file():
-            self.active_version = json.loads(self._state_path.read_text()).get('active_version')
+            state = json.loads(self._state_path.read_text())
+            self.active_version = state.get('active_version')
+            self.pending_version = state.get('pending_version')
         for path in (self.workspace / 'generations').glob('*.faiss'):
-            self.generations[int(path.stem)] = VectorIndex.load(path)
+            version = int(path.stem)
+            if version == self.active_version:
+                self.generations[version] = VectorIndex.load(path)
+            else:  # a generation of an earlier swap whose file outlived a crash
+                path.unlink(missing_ok=True)
+        self._drop_deleted_rows()
+
+    def _drop_deleted_rows(self) -> None:
+        """Remove vectors whose rows the document store no longer holds (deletes acknowledged
+        before a crash whose generation file was older)."""
+        for version, generation in self.generations.items():
+            stale = np.setdiff1d(generation.rows(), self.store.all_rows())
+            if len(stale):
+                generation.remove(stale)
+                if version == self.active_version:
+                    generation.save(self._generation_path(version))
 
     def _generation_path(self, version: int) -> Path:
         return self.workspace / 'generations' / f'{int(version)}.faiss'
 
     def _save_state(self) -> None:
         tmp = self._state_path.with_suffix('.tmp')
-        tmp.write_text(json.dumps({'active_version': self.active_version}))
+        tmp.write_text(json.dumps({'active_version': self.active_version, 'pending_version': self.pending_version}))
         os.replace(tmp, self._state_path)
 
-    def add(self, docs: Sequence[StoredDoc], embeddings: Dict[int, np.ndarray]) -> None:
-        """Store docs and index their embeddings, ``{model version: [N, D]}``.
+    def set_initial_version(self, version: int) -> None:
+        """Fix the serving version of an index that has none yet (the Encoder's first version)."""
+        with self._lock:
+            if self.active_version is None:
+                self.active_version = int(version)
+                self._save_state()
 
-        The first add fixes the active version. Every add must bring embeddings of the
-        active version and, while a swap is prepared, of the pending version too (the
-        Encoder embeds with both then), so that no generation ever misses a stored doc
-        and one generation never mixes models. Once the Encoder serves the pending
-        version, embeddings of that version alone are accepted as well.
+    def add(self, docs: Sequence[StoredDoc], embeddings: Dict[int, np.ndarray]) -> None:
+        """Store docs (upsert by id) and index their embeddings, ``{model version: [N, D]}``.
+
+        The first add fixes the active version. Every add must bring embeddings of the active
+        version; while a swap is prepared the pending version's are added too when given
+        (docs without them are listed by :meth:`docs_missing_from` and re-embedded before the
+        swap can activate). Once the Encoder serves the pending version, embeddings of that
+        version alone are accepted as well (the active generation lacks those docs until the
+        swap activates a moment later).
         """
         with self._lock:
             if self.active_version is None and self.pending_version is None:
                 self.active_version = int(min(embeddings))
                 self._save_state()
-            needed = {v for v in (self.active_version, self.pending_version) if v is not None}
-            if not needed <= set(embeddings) and set(embeddings) != {self.pending_version}:
+            if self.active_version not in embeddings and set(embeddings) != {self.pending_version}:
                 raise InputError(
                     f'model_version: docs were embedded by model version(s) {sorted(embeddings)} but the index '
-                    f'needs {sorted(needed)}; reload the Encoder (or finish the model swap) and resend'
+                    f'serves version {self.active_version}; the Encoder and the Indexer disagree: finish the model '
+                    'swap (or restart the search flow) and resend'
                 )
-            for version, vectors in embeddings.items():
+            targets = {v for v in (self.active_version, self.pending_version) if v is not None} & set(embeddings)
+            for version in targets:
+                vectors = embeddings[version]
                 if len(vectors) != len(docs):
                     raise InputError(f'embedding: {len(vectors)} embeddings for {len(docs)} docs')
                 generation = self.generations.get(version)
@@ -129,19 +170,44 @@ class SearchIndex:
                     raise InputError(f'embedding: dimension {vectors.shape[1]} does not match the index '
                                      f'dimension {generation.dim} of model version {version}')
             rows = self.store.upsert(docs)
-            for version in needed & set(embeddings):
+            for version in targets:
                 generation = self.generations.get(version)
                 if generation is None:
                     generation = self.generations[version] = VectorIndex(embeddings[version].shape[1])
                 generation.upsert(rows, embeddings[version])
                 if version == self.active_version:
                     generation.save(self._generation_path(version))
+            for version in {self.active_version, self.pending_version} - targets - {None}:
+                generation = self.generations.get(version)
+                if generation is not None:  # a replaced doc's old vector must not answer for its new content
+                    generation.remove(rows)
+                    if version == self.active_version:
+                        generation.save(self._generation_path(version))
 
-    def search(self, queries: np.ndarray, version: int, limit: int) -> List[List[Tuple[StoredDoc, float]]]:
-        """Per query, up to ``limit`` ``(doc, cosine similarity)`` pairs, best first."""
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete docs by id from the store and every generation; returns how many existed."""
         with self._lock:
-            if self.store.count() == 0 and int(version) in (self.active_version, self.pending_version):
-                return [[] for _ in range(len(queries))]
+            rows = self.store.delete(list(ids))
+            if len(rows):
+                for version, generation in self.generations.items():
+                    generation.remove(rows)
+                    if version == self.active_version:
+                        generation.save(self._generation_path(version))
+            return len(rows)
+
+    def search(self, queries: np.ndarray, version: int, limit: int, allowed_rows: Optional[np.ndarray] = None,
+               search_params=None) -> List[List[Tuple[StoredDoc, float]]]:
+        """Per query, up to ``limit`` ``(doc, cosine similarity)`` pairs, best first, from the
+        generation of ``version``; ``allowed_rows`` restricts the search to those store rows
+        (``limit`` results come back when that many are allowed). ``search_params`` is for
+        index types with per-query settings; a flat index has none."""
+        if search_params:
+            raise InputError(f'parameters.search_params: the flat index takes no search parameters, got '
+                             f'{sorted(search_params)}')
+        with self._lock:
+            empty = [[] for _ in range(len(queries))]
+            if self.store.count() == 0 or (allowed_rows is not None and len(allowed_rows) == 0):
+                return empty
             generation = self.generations.get(int(version))
             if int(version) == self.pending_version and self.missing_count(version):
                 raise InputError(
@@ -155,34 +221,47 @@ class SearchIndex:
                     f'(serving {sorted(self.generations) or "none"}); the query was embedded by another model '
                     'than the indexed documents: reload the Encoder or wait for the swap to finish'
                 )
-            rows, scores = generation.search(queries, limit)
+            k = min(int(limit), generation.size, len(allowed_rows) if allowed_rows is not None else generation.size)
+            if k < 1:
+                return empty
+            rows, scores = generation.search(queries, k, allowed_rows)
         docs = self.store.get_rows(np.unique(rows[rows >= 0]))
         return [[(docs[r], float(s)) for r, s in zip(row, score) if r >= 0 and r in docs]
                 for row, score in zip(rows, scores)]
 
     def prepare(self, version: int) -> None:
-        """Start an empty generation for ``version`` (a swap target); the active one keeps serving."""
+        """Start an empty generation for ``version`` (a swap target); the active one keeps serving.
+        Preparing the version already pending resumes its swap (the generation is kept)."""
         with self._lock:
-            if int(version) == self.active_version:
+            version = int(version)
+            if version == self.active_version:
                 raise InputError(f'version: {version} is already the active version')
-            self.generations.pop(int(version), None)
-            self._generation_path(version).unlink(missing_ok=True)
-            self.pending_version = int(version)
+            if version != self.pending_version:
+                if self.pending_version is not None:
+                    self.generations.pop(self.pending_version, None)
+                self.generations.pop(version, None)
+                self._generation_path(version).unlink(missing_ok=True)
+                self.pending_version = version
+                self._save_state()
 
     def reindex(self, ids: Sequence[str], embeddings: np.ndarray, version: int) -> int:
-        """Add re-embedded stored docs (by doc id) to the generation of ``version``; returns
-        how many were stored (ids deleted meanwhile are skipped)."""
+        """Add re-embedded stored docs (by doc id) to the generation of ``version`` (the pending
+        one, or the active one to repair docs it lacks); returns how many were stored (ids
+        deleted meanwhile are skipped)."""
         with self._lock:
-            if int(version) != self.pending_version:
+            version = int(version)
+            if version not in (self.pending_version, self.active_version):
                 raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             row_of = self.store.rows_for_ids(list(ids))
             keep = [i for i, doc_id in enumerate(ids) if doc_id in row_of]
             rows = np.asarray([row_of[ids[i]] for i in keep], dtype=np.int64)
             embeddings = embeddings[keep]
-            generation = self.generations.get(int(version))
+            generation = self.generations.get(version)
             if generation is None:
-                generation = self.generations[int(version)] = VectorIndex(embeddings.shape[1])
+                generation = self.generations[version] = VectorIndex(embeddings.shape[1])
             generation.upsert(rows, embeddings)
+            if version == self.active_version:
+                generation.save(self._generation_path(version))
             return len(rows)
 
     def missing_count(self, version: int) -> int:
@@ -208,9 +287,9 @@ class SearchIndex:
         """Serve ``version`` from now on and drop older generations; every stored doc must be in it."""
         with self._lock:
             version = int(version)
-            missing = self.missing_rows(version)
             if version != self.pending_version:
                 raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
+            missing = self.missing_rows(version)
             if len(missing):  # also covers a generation never started while docs are stored
                 raise InputError(
                     f'version: generation {version} lacks {len(missing)} of {self.store.count()} stored docs; '
@@ -218,12 +297,12 @@ class SearchIndex:
                 )
             if version in self.generations:
                 self.generations[version].save(self._generation_path(version))
-            for old in [v for v in self.generations if v != version]:
-                del self.generations[old]
-                self._generation_path(old).unlink(missing_ok=True)
             self.active_version = version
             self.pending_version = None
             self._save_state()
+            for old in [v for v in self.generations if v != version]:
+                del self.generations[old]
+                self._generation_path(old).unlink(missing_ok=True)
 
     def count(self) -> int:
         return self.store.count()
