@@ -19,6 +19,7 @@ ENDPOINT_PARAMETERS: Dict[str, Dict[str, type]] = {
     '/train': {},
     '/train/clear': {},
     '/fit': _FIT,
+    '/fit/cancel': {},
     '/status': {},
     '/index': {},
     '/search': {'limit': int, 'filter': dict, 'search_params': dict},
