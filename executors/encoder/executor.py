@@ -1,13 +1,16 @@
 """Encoder: embeds docs with the active model version and stamps ``doc.model_version``."""
 from typing import Dict
 
+import numpy as np
 from jina import Executor, requests
+
+from executors.errors import InputError
 
 from executors.models.inference import doc_content
 from executors.models import ModelStore
 from executors.models.serving import VersionedEncoder
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
-from executors.data.schema import Doc, DocList, Report, report
+from executors.data.schema import Batch, Doc, DocList, Report, report
 
 
 class Encoder(Executor):
@@ -35,11 +38,25 @@ class Encoder(Executor):
             doc.embedding, doc.model_version = vectors[i], version
             if candidate is not None:
                 doc.candidate_embedding, doc.candidate_version = candidate_vectors[i], candidate
+            if not both:  # a query needs only its embedding from here on
+                doc.tensor = None
         return docs
 
     @requests(on='/index')
     def index(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._embed('/index', docs, parameters, both=True)
+
+    @requests(on='/index/bulk')
+    def index_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        validate_parameters('/index/bulk', parameters)
+        require_docs('/index/bulk', docs)
+        for batch in docs:
+            if batch.tensor is None:
+                raise InputError('docs.tensor: a /index/bulk batch needs tensor [N, ...] with one row per id')
+            vectors, version, candidate_vectors, candidate = self.encoder.embed_both(list(np.asarray(batch.tensor)))
+            batch.embedding, batch.model_version = vectors, version
+            batch.candidate_embedding, batch.candidate_version = candidate_vectors, candidate
+        return docs
 
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
