@@ -21,6 +21,7 @@ import numpy as np
 
 from executors.errors import InputError
 
+
 @dataclass
 class StoredDoc:
     """One stored document; ``tensor`` is the model input it is re-embedded from."""
@@ -77,6 +78,11 @@ class DocumentStore:
                         'uri=excluded.uri, tags=excluded.tags, tensor=excluded.tensor RETURNING row',
                         (doc.id, doc.label, doc.text, doc.uri, json.dumps(doc.tags), _tensor_to_bytes(doc.tensor)),
                     ).fetchone()[0])
+                # new content: embeddings of other versions no longer describe it
+                given = sorted(int(v) for v in (embeddings or {}))
+                self._db.executemany(
+                    f'DELETE FROM embeddings WHERE row=? AND version NOT IN ({",".join("?" * len(given))})',
+                    [(int(r), *given) for r in rows])
                 for version, vectors in (embeddings or {}).items():
                     self._put_embeddings(rows, version, vectors)
                 self._db.execute('COMMIT')
@@ -205,6 +211,43 @@ class DocumentStore:
     def all_rows(self) -> np.ndarray:
         with self._lock:
             return np.asarray([r for (r,) in self._db.execute('SELECT row FROM docs ORDER BY row')], dtype=np.int64)
+
+    def rows_matching(self, condition: str, args: Sequence) -> np.ndarray:
+        """Row ids of the docs that satisfy a compiled filter condition
+        (:func:`executors.search.filters.compile_filter`), ascending."""
+        with self._lock:
+            return np.asarray([r for (r,) in self._db.execute(f'SELECT row FROM docs WHERE {condition} ORDER BY row',
+                                                               tuple(args))], dtype=np.int64)
+
+    def get_ids(self, ids: Sequence[str]) -> Dict[str, Tuple[int, StoredDoc]]:
+        """``{doc id: (row, doc)}`` for the stored ones among ``ids``."""
+        if not ids:
+            return {}
+        marks = ','.join('?' * len(ids))
+        return {doc.id: (row, doc) for row, doc in self._docs(f'WHERE id IN ({marks})', tuple(ids))}
+
+    def update_fields(self, updates: Sequence[Tuple[str, Dict]]) -> int:
+        """Set ``label`` and/or ``tags`` of stored docs, ``[(doc id, {field: value})]``, in one
+        transaction (content and row ids unchanged); returns how many docs were updated."""
+        updated = 0
+        with self._lock:
+            self._db.execute('BEGIN')
+            try:
+                for doc_id, fields_ in updates:
+                    sets, args = [], []
+                    for name, value in fields_.items():
+                        if name not in ('label', 'tags'):
+                            raise ValueError(f'update_fields: cannot update {name!r}')
+                        sets.append(f'{name}=?')
+                        args.append(json.dumps(value) if name == 'tags' else value)
+                    if sets:
+                        updated += self._db.execute(f'UPDATE docs SET {", ".join(sets)} WHERE id=?',
+                                                    (*args, doc_id)).rowcount
+                self._db.execute('COMMIT')
+            except Exception:
+                self._db.execute('ROLLBACK')
+                raise
+        return updated
 
     def count(self) -> int:
         with self._lock:

@@ -13,7 +13,9 @@
   by a background thread every ``snapshot_interval`` seconds when something changed, and by
   :meth:`close`. No request rewrites an index file: on start each generation is its last
   snapshot plus the embeddings stored after it (no re-embedding), minus rows deleted since;
-* ``state.json``: the active version and the version of a swap being built.
+* ``state.json``: the serving (active) version and the swap target being built (pending), so
+  a restarted Indexer serves what it served before; a pending generation is restored too
+  (``/model/prepare`` of the same version resumes its swap).
 
 A query is answered only by the generation of the model version that embedded it; a
 version with no generation is an error, so neighbours never come from another model.
@@ -86,8 +88,12 @@ class SearchIndex:
         if self._state_path.is_file():
             state = json.loads(self._state_path.read_text())
             self.active_version, self.pending_version = state.get('active_version'), state.get('pending_version')
-        for version in set(self.store.embedding_versions()) | {
-                v for v in (self.active_version, self.pending_version) if v is not None}:
+        serving = {v for v in (self.active_version, self.pending_version) if v is not None}
+        for version in self.store.embedding_versions():
+            if version not in serving:  # a generation of an earlier swap that outlived a crash
+                self.store.drop_embeddings(version)
+                self._snapshot_path(version).unlink(missing_ok=True)
+        for version in serving:
             self._restore(version)
         self._stop = threading.Event()
         self._snapshotter = threading.Thread(target=self._snapshot_loop, args=(float(snapshot_interval),),
@@ -213,30 +219,40 @@ class SearchIndex:
         os.replace(tmp, self._state_path)
 
     # --- writes -------------------------------------------------------------------------------------------
-    def add(self, docs: Sequence[StoredDoc], embeddings: Dict[int, np.ndarray]) -> np.ndarray:
-        """Store docs and index their embeddings, ``{model version: [N, D]}``; returns their rows.
+    def set_initial_version(self, version: int) -> None:
+        """Fix the serving version of an index that has none yet (the Encoder's first version)."""
+        with self._lock:
+            if self.active_version is None:
+                self.active_version = int(version)
+                self._save_state()
 
-        The first add fixes the active version. Every add must bring embeddings of the
-        active version and, while a swap is prepared, of the pending version too (the
-        Encoder embeds with both then), so that no generation ever misses a stored doc
-        and one generation never mixes models. Once the Encoder serves the pending
-        version, embeddings of that version alone are accepted as well.
+    def add(self, docs: Sequence[StoredDoc], embeddings: Dict[int, np.ndarray]) -> np.ndarray:
+        """Store docs (upsert by id) and index their embeddings, ``{model version: [N, D]}``;
+        returns their rows.
+
+        The first add fixes the active version. Every add must bring embeddings of the active
+        version; while a swap is prepared the pending version's are added too when given
+        (docs without them are listed by :meth:`docs_missing_from` and re-embedded before the
+        swap can activate). Once the Encoder serves the pending version, embeddings of that
+        version alone are accepted as well (the active generation lacks those docs until the
+        swap activates a moment later). A replaced doc's old vectors leave every generation.
         """
         with self._lock:
             if self.active_version is None and self.pending_version is None:
                 self.active_version = int(min(embeddings))
                 self._save_state()
-            needed = {v for v in (self.active_version, self.pending_version) if v is not None}
-            if not needed <= set(embeddings) and set(embeddings) != {self.pending_version}:
+            if self.active_version not in embeddings and set(embeddings) != {self.pending_version}:
                 raise InputError(
                     f'model_version: docs were embedded by model version(s) {sorted(embeddings)} but the index '
-                    f'needs {sorted(needed)}; reload the Encoder (or finish the model swap) and resend'
+                    f'serves version {self.active_version}; the Encoder and the Indexer disagree: finish the model '
+                    'swap (or restart the search flow) and resend'
                 )
+            targets = {v for v in (self.active_version, self.pending_version) if v is not None} & set(embeddings)
             keep = {}
-            for version in needed & set(embeddings):
+            for version in targets:
                 vectors = np.asarray(embeddings[version], dtype=np.float32)
                 if vectors.ndim != 2 or len(vectors) != len(docs):
-                    raise InputError(f'embedding: expected {len(docs)} embeddings (one per doc), got shape {vectors.shape}')
+                    raise InputError(f'embedding: {len(vectors)} embeddings for {len(docs)} docs')
                 generation = self.generations.get(version)
                 if generation is not None and vectors.shape[1] != generation.dim:
                     raise InputError(f'embedding: dimension {vectors.shape[1]} does not match the index '
@@ -250,7 +266,10 @@ class SearchIndex:
                 if generation is None:
                     generation = self.generations[version] = self._new_generation(vectors.shape[1])
                 generation.upsert(rows, vectors)
-            self._after_write(keep)
+            for version, generation in self.generations.items():
+                if version not in keep:  # a replaced doc's old vector must not answer for its new content
+                    generation.remove(rows)
+            self._after_write(list(self.generations))
             return rows
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -273,8 +292,7 @@ class SearchIndex:
         """
         with self._lock:
             generation = self.generations.get(int(version))
-            if generation is None and int(version) in (self.active_version, self.pending_version) \
-                    and self.store.count() == 0:
+            if self.store.count() == 0 or (allowed_rows is not None and len(allowed_rows) == 0):
                 return Hits([[] for _ in range(len(queries))], [np.zeros(0, np.float32) for _ in range(len(queries))],
                             {name: [[] for _ in range(len(queries))] for name in fields})
             if int(version) == self.pending_version and self.missing_count(version):
@@ -305,21 +323,26 @@ class SearchIndex:
 
     # --- model swaps --------------------------------------------------------------------------------------
     def prepare(self, version: int) -> None:
-        """Start an empty generation for ``version`` (a swap target); the active one keeps serving."""
+        """Start an empty generation for ``version`` (a swap target); the active one keeps serving.
+        Preparing the version already pending resumes its swap (the generation is kept)."""
         with self._lock:
-            if int(version) == self.active_version:
+            version = int(version)
+            if version == self.active_version:
                 raise InputError(f'version: {version} is already the active version')
-            self.generations.pop(int(version), None)
-            self.store.drop_embeddings(version)
-            self._snapshot_path(version).unlink(missing_ok=True)
-            self.pending_version = int(version)
-            self._save_state()
+            if version != self.pending_version:
+                for stale in {self.pending_version, version} - {None}:
+                    self.generations.pop(stale, None)
+                    self.store.drop_embeddings(stale)
+                    self._snapshot_path(stale).unlink(missing_ok=True)
+                self.pending_version = version
+                self._save_state()
 
     def reindex(self, ids: Sequence[str], embeddings: np.ndarray, version: int) -> int:
-        """Add re-embedded stored docs (by doc id) to the generation of ``version``; returns
-        how many were stored (ids deleted meanwhile are skipped)."""
+        """Add re-embedded stored docs (by doc id) to the generation of ``version`` (the pending
+        one, or the active one to repair docs it lacks); returns how many were stored (ids
+        deleted meanwhile are skipped)."""
         with self._lock:
-            if int(version) != self.pending_version:
+            if int(version) not in (self.pending_version, self.active_version):
                 raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             row_of = self.store.rows_for_ids(list(ids))
             keep = [i for i, doc_id in enumerate(ids) if doc_id in row_of]
