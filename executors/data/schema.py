@@ -6,7 +6,14 @@ through Jina's HTTP JSON and gRPC protobuf:
 * ``Doc``: one item (a vector, a text, an image or a mesh by ``uri``) with its label,
   its model input (``tensor``), its embedding and the model version that made it, and
   its search results in ``matches``.
-* ``Match``: one search result: the stored document's id, label, text/uri, tags and score.
+  A search answer is compact, on the query doc itself: ``match_ids`` (best first),
+  ``match_scores`` ``[k]`` and ``match_fields`` (``{field: [value per match]}``, the stored
+  fields the query asked for, ``label`` by default); :func:`executors.search.results.matches`
+  turns it into a list of dicts.
+* ``Batch``: many items as columns (``ids`` ``[N]``, ``tensor`` ``[N, ...]``, optional
+  ``labels``/``tags``): the bulk ingest path ``/index/bulk``, one protobuf message per batch
+  instead of one document per item.
+* ``Match``: a labelled match of a query in session training data.
 * ``Report``: a key/value answer (status, metrics, model versions).
 
 Labels live in the typed ``label`` field; the old Finetuner's ``tags['finetuner_label']``
@@ -52,6 +59,25 @@ class Doc(BaseDoc):
     candidate_embedding: Optional[NdArray] = None
     candidate_version: Optional[int] = None
     matches: List[Match] = []
+    match_ids: List[str] = []
+    match_scores: Optional[NdArray] = None
+    match_fields: Dict[str, Any] = {}
+
+
+class Batch(BaseDoc):
+    """``N`` items in columns for ``/index/bulk``: ``ids`` ``[N]``, ``tensor`` ``[N, ...]`` (one
+    model input per row), optional ``labels`` ``[N]`` and ``tags`` ``[N]``. The Encoder fills
+    ``embedding`` ``[N, D]`` and ``model_version`` (and the candidate pair during a swap)."""
+
+    ids: List[str] = []
+    tensor: Optional[NdArray] = None
+    labels: Optional[List[Optional[str]]] = None
+    tags: Optional[List[Dict[str, Any]]] = None
+    embedding: Optional[NdArray] = None
+    model_version: Optional[int] = None
+    candidate_embedding: Optional[NdArray] = None
+    candidate_version: Optional[int] = None
+    num_indexed: Optional[int] = None
 
 
 class Report(BaseDoc):
@@ -81,4 +107,4 @@ def report(data: Dict[str, Any]) -> DocList[Report]:
     return DocList[Report]([Report(data=data)])
 
 
-__all__ = ['Doc', 'DocList', 'LEGACY_LABEL_TAG', 'Match', 'Report', 'doc_label', 'report', 'tag_text']
+__all__ = ['Batch', 'Doc', 'DocList', 'LEGACY_LABEL_TAG', 'Match', 'Report', 'doc_label', 'report', 'tag_text']

@@ -1,9 +1,11 @@
 """Encoder: embeds docs with the search flow's serving model version and stamps ``doc.model_version``."""
 from typing import Dict, Optional
 
+import numpy as np
 from jina import Executor, requests
 
-from executors.data.schema import Doc, DocList, Report, report
+from executors.data.schema import Batch, Doc, DocList, Report, report
+from executors.errors import InputError
 from executors.models import ModelStore
 from executors.models.inference import doc_content
 from executors.models.serving import VersionedEncoder
@@ -57,11 +59,30 @@ class Encoder(Executor):
             doc.embedding, doc.model_version = vectors[i], version
             doc.candidate_embedding = None if candidate is None else candidate_vectors[i]
             doc.candidate_version = candidate
+            if not both:  # a query needs only its embedding from here on
+                doc.tensor = None
         return docs
 
     @requests(on='/index')
     def index(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._embed('/index', docs, parameters, both=True)
+
+    @requests(on='/index/bulk')
+    def index_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        validate_parameters('/index/bulk', parameters)
+        require_docs('/index/bulk', docs)
+        for batch in docs:
+            if batch.tensor is None:
+                raise InputError('docs.tensor: a /index/bulk batch needs tensor [N, ...] with one row per id')
+            self.limits.check_count('/index/bulk', len(batch.ids))
+            if np.size(batch.tensor) > self.limits.max_tensor_elements * max(len(batch.ids), 1):
+                raise InputError(f'docs.tensor: {np.size(batch.tensor)} elements for {len(batch.ids)} ids; at most '
+                                 f'{self.limits.max_tensor_elements} per item (limits.max_tensor_elements)')
+            self._follow_index()
+            vectors, version, candidate_vectors, candidate = self.encoder.embed_both(list(np.asarray(batch.tensor)))
+            batch.embedding, batch.model_version = vectors, version
+            batch.candidate_embedding, batch.candidate_version = candidate_vectors, candidate
+        return docs
 
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:

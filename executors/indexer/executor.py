@@ -1,4 +1,5 @@
 """Indexer: stores docs and their embeddings (SQLite + FAISS, one generation per model version)."""
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -6,7 +7,7 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.data.document_store import StoredDoc
-from executors.data.schema import Doc, DocList, Match, Report, report
+from executors.data.schema import Batch, Doc, DocList, Report, report
 from executors.errors import InputError, NotFoundError
 from executors.search.filters import compile_filter
 from executors.search.vector_index import SearchIndex
@@ -15,6 +16,8 @@ from executors.service.parameters import require_docs, required_parameter, valid
 
 DEFAULT_LIMIT = 10
 DEFAULT_PAGE = 256
+DEFAULT_FIELDS = ['label']
+STORED_FIELDS = ('id', 'label', 'text', 'uri', 'tags')
 
 
 def _version_from(docs: DocList[Report], parameters: Dict, endpoint: str) -> int:
@@ -24,28 +27,74 @@ def _version_from(docs: DocList[Report], parameters: Dict, endpoint: str) -> int
     return int(required_parameter(endpoint, options, 'version'))
 
 
-def _to_doc(doc: StoredDoc, with_tensor: bool = True) -> Doc:
-    return Doc(id=doc.id, label=doc.label, text=doc.text, uri=doc.uri, tags=doc.tags,
-               tensor=doc.tensor if with_tensor else None)
+def _one_version(versions: set, field: str) -> Optional[int]:
+    if versions == {None}:
+        return None
+    if len(versions) > 1 or None in versions:
+        raise InputError(f'docs.{field}: docs in one request must come from one model version, '
+                         f'got {sorted(map(str, versions))}')
+    return versions.pop()
+
+
+def shard_of(doc_id: str, shards: int) -> int:
+    """The shard that owns ``doc_id``: ``crc32(id) mod shards`` (stable across processes)."""
+    return zlib.crc32(doc_id.encode()) % shards
+
+
+def _to_doc(doc: StoredDoc) -> Doc:
+    return Doc(id=doc.id, label=doc.label, text=doc.text, uri=doc.uri, tags=doc.tags, tensor=doc.tensor)
+
+
+def _same_content(doc: Doc, stored: StoredDoc) -> bool:
+    if doc.text != stored.text or doc.uri != stored.uri or (doc.tensor is None) != (stored.tensor is None):
+        return False
+    return doc.tensor is None or np.array_equal(np.asarray(doc.tensor), stored.tensor)
 
 
 class Indexer(Executor):
-    """Documents: ``/index`` (upsert by id), ``/update`` (label/tags of stored docs, no
-    re-embedding), ``/delete`` and ``/get`` (``parameters.ids``), ``/count`` (optional
-    ``filter``), ``/search`` (``limit``, default 10, and an optional ``filter`` on label and
-    tags applied inside the search; score = cosine similarity). Model swaps: ``/model/prepare``,
-    ``/model/missing`` (stored docs the new generation lacks, to re-embed), ``/model/reindex``,
-    ``/model/activate``, ``/model/status``.
+    """``/index`` stores docs (one per item, upsert by id) and ``/index/bulk`` stores :class:`Batch`
+    columns; ``/search`` answers each query with ``match_ids``, ``match_scores`` and ``match_fields``
+    (parameters ``limit`` default 10, ``fields`` default ``['label']``, ``nprobe``/``efSearch``, and
+    ``filter`` on label and tags, applied inside the search: see :mod:`executors.search.filters`).
+    Documents: ``/update`` (label/tags of stored docs, no re-embedding), ``/delete`` and ``/get``
+    (``parameters.ids``), ``/count`` (optional ``filter``). Model swaps: ``/model/prepare``, ``/model/missing`` (stored docs the new generation lacks, to
+    re-embed), ``/model/reindex``, ``/model/activate``, ``/model/status``.
 
-    ``index_dir``: where the index lives (default ``<workspace>/index``; the Encoder reads the
-    serving version from the same directory); ``limits``: see
-    :class:`executors.service.limits.RequestLimits`.
+    ``index_factory`` (FAISS ``index_factory`` string: ``Flat``, ``HNSW32``, ``IVF1024,Flat``,
+    ``IVF1024,PQ32``, ...), ``metric`` (``cosine``, ``inner_product``, ``l2``), ``train_threshold``
+    (vectors before IVF/PQ are trained; exact search until then), ``snapshot_interval`` (seconds
+    between background FAISS snapshots). With ``shards: N`` in the Flow (``polling: ALL``), each
+    shard keeps the docs whose ``shard_of(id, N)`` is its shard id. ``index_dir``: where the index
+    lives (default ``<workspace>/index``; the Encoder follows the serving version recorded there);
+    ``limits``: see :class:`executors.service.limits.RequestLimits`.
     """
 
-    def __init__(self, index_dir: Optional[str] = None, limits: Optional[Dict] = None, **kwargs):
+    def __init__(self, index_factory: str = 'Flat', metric: str = 'cosine', train_threshold: Optional[int] = None,
+                 snapshot_interval: float = 60.0, index_dir: Optional[str] = None, limits: Optional[Dict] = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.limits = RequestLimits.from_config(limits)
-        self.index = SearchIndex(Path(index_dir) if index_dir else Path(self.workspace or 'workspace') / 'index')
+        runtime = getattr(self, 'runtime_args', None)
+        shard_id = getattr(runtime, 'shard_id', None)
+        if index_dir and shard_id is not None and int(getattr(runtime, 'shards', 1) or 1) > 1:
+            index_dir = str(Path(index_dir) / f'shard-{int(shard_id)}')
+        self.index = SearchIndex(Path(index_dir) if index_dir else Path(self.workspace or 'workspace') / 'index',
+                                 index_factory=index_factory,
+                                 metric=metric, train_threshold=train_threshold, snapshot_interval=snapshot_interval)
+        runtime = getattr(self, 'runtime_args', None)
+        self.shards = int(getattr(runtime, 'shards', 1) or 1)
+        self.shard_id = int(getattr(runtime, 'shard_id', 0) or 0)
+
+    def close(self) -> None:
+        self.index.close()
+        super().close()
+
+    def _mine(self, ids: List[str]) -> np.ndarray:
+        """Positions of the ids this shard owns (all of them when unsharded)."""
+        if self.shards == 1:
+            return np.arange(len(ids))
+        return np.asarray([i for i, doc_id in enumerate(ids) if shard_of(doc_id, self.shards) == self.shard_id],
+                          dtype=np.int64)
 
     @requests(on='/index')
     def add(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
@@ -56,21 +105,69 @@ class Indexer(Executor):
         if len(set(ids)) != len(ids):
             duplicate = next(i for i in ids if ids.count(i) > 1)
             raise InputError(f'docs.id: {duplicate!r} occurs more than once in the request; send each id once')
+        mine = self._mine([d.id for d in docs])
         embeddings = {}
         for field, version_field in (('embedding', 'model_version'), ('candidate_embedding', 'candidate_version')):
-            versions = {getattr(d, version_field) for d in docs}
-            if versions == {None}:
-                continue
-            if len(versions) > 1 or None in versions:
-                raise InputError(f'docs.{version_field}: docs in one request must come from one model version, '
-                                 f'got {sorted(map(str, versions))}')
-            embeddings[versions.pop()] = np.stack([np.asarray(getattr(d, field), dtype=np.float32) for d in docs])
+            version = _one_version({getattr(d, version_field) for d in docs}, version_field)
+            if version is not None:
+                embeddings[version] = np.stack([np.asarray(getattr(docs[int(i)], field), dtype=np.float32)
+                                                for i in mine]) if len(mine) else None
         if not embeddings:
             raise InputError('docs.embedding: missing; run the docs through the Encoder before the Indexer')
-        self.index.add([StoredDoc(id=d.id, label=d.label, text=d.text, uri=d.uri, tags=dict(d.tags),
-                                  tensor=None if d.tensor is None else np.asarray(d.tensor)) for d in docs],
-                       embeddings)
+        if len(mine):
+            chosen = [docs[int(i)] for i in mine]
+            self.index.add([StoredDoc(id=d.id, label=d.label, text=d.text, uri=d.uri, tags=dict(d.tags),
+                                      tensor=None if d.tensor is None else np.asarray(d.tensor)) for d in chosen],
+                           embeddings)
         for doc in docs:
+            doc.tensor = doc.embedding = doc.candidate_embedding = None
+            doc.candidate_version = None
+        return docs
+
+    @requests(on='/index/bulk')
+    def add_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        validate_parameters('/index/bulk', parameters)
+        require_docs('/index/bulk', docs)
+        for batch in docs:
+            self.limits.check_count('/index/bulk', len(batch.ids))
+            if len(set(batch.ids)) != len(batch.ids):
+                raise InputError('docs.ids: a /index/bulk batch holds an id more than once; send each id once')
+            for i, tags in enumerate(batch.tags or []):
+                self.limits.check_doc(f'docs.tags[{i}]', Doc(tags=tags))
+            if batch.embedding is None or batch.model_version is None:
+                raise InputError('docs.embedding: missing; run the batch through the Encoder before the Indexer')
+            mine = self._mine(batch.ids)
+            embeddings = {batch.model_version: np.asarray(batch.embedding, dtype=np.float32)[mine]}
+            if batch.candidate_version is not None:
+                embeddings[batch.candidate_version] = np.asarray(batch.candidate_embedding, dtype=np.float32)[mine]
+            tensor = None if batch.tensor is None else np.asarray(batch.tensor)
+            self.index.add([StoredDoc(id=batch.ids[i], label=None if batch.labels is None else batch.labels[i],
+                                      tags={} if batch.tags is None else dict(batch.tags[i]),
+                                      tensor=None if tensor is None else tensor[i]) for i in mine], embeddings)
+            batch.num_indexed = len(mine)
+            batch.tensor = batch.embedding = batch.candidate_embedding = None
+        return docs
+
+    @requests(on='/search')
+    def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        options = validate_parameters('/search', parameters)
+        require_docs('/search', docs)
+        self.limits.check_count('/search', len(docs))
+        limit = self.limits.check_limit('parameters.limit', options.get('limit', DEFAULT_LIMIT))
+        fields = options.get('fields', DEFAULT_FIELDS)
+        if not all(isinstance(f, str) for f in fields) or set(fields) - set(STORED_FIELDS):
+            raise InputError(f'parameters.fields: expected a list of {", ".join(STORED_FIELDS)}, got {fields!r}')
+        versions = {d.model_version for d in docs}
+        if None in versions or len(versions) > 1:
+            raise InputError('docs.model_version: every query must be embedded by one model version; '
+                             'run queries through the Encoder')
+        queries = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
+        search_params = {k: options[k] for k in ('nprobe', 'efSearch') if k in options}
+        hits = self.index.search(queries, versions.pop(), limit, allowed_rows=self._allowed_rows(options),
+                                 search_params=search_params, fields=fields)
+        for i, doc in enumerate(docs):
+            doc.match_ids, doc.match_scores = hits.ids[i], hits.scores[i]
+            doc.match_fields = {name: hits.fields[name][i] for name in fields}
             doc.tensor = doc.embedding = doc.candidate_embedding = None
             doc.candidate_version = None
         return docs
@@ -80,25 +177,6 @@ class Indexer(Executor):
             return None
         condition, args = compile_filter(options['filter'])
         return self.index.store.rows_matching(condition, args)
-
-    @requests(on='/search')
-    def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
-        options = validate_parameters('/search', parameters)
-        require_docs('/search', docs)
-        self.limits.check_count('/search', len(docs))
-        limit = self.limits.check_limit('parameters.limit', options.get('limit', DEFAULT_LIMIT))
-        versions = {d.model_version for d in docs}
-        if None in versions or len(versions) > 1:
-            raise InputError('docs.model_version: every query must be embedded by one model version; '
-                             'run queries through the Encoder')
-        queries = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
-        results = self.index.search(queries, versions.pop(), limit, allowed_rows=self._allowed_rows(options),
-                                    search_params=options.get('search_params'))
-        for doc, hits in zip(docs, results):
-            doc.matches = [Match(id=hit.id, score=score, label=hit.label, text=hit.text, uri=hit.uri,
-                                 tags=hit.tags) for hit, score in hits]
-            doc.tensor = doc.candidate_embedding = doc.candidate_version = None
-        return docs
 
     def _ids(self, endpoint: str, docs: DocList[Doc], options: Dict) -> List[str]:
         """Doc ids from ``parameters.ids`` or, if absent, from the request's docs."""
@@ -110,7 +188,8 @@ class Indexer(Executor):
         if not all(isinstance(i, str) and i for i in ids):
             raise InputError(f'parameters.ids: expected a list of non-empty strings, got {ids[:5]!r}')
         self.limits.check_page('parameters.ids (count)', len(ids))
-        return list(dict.fromkeys(ids))
+        ids = list(dict.fromkeys(ids))
+        return [ids[int(i)] for i in self._mine(ids)]
 
     @requests(on='/update')
     def update(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
@@ -133,6 +212,7 @@ class Indexer(Executor):
             if not fields:
                 raise InputError(f'docs[{i}] (id {doc.id!r}): nothing to update; set label and/or tags')
             updates.append((doc.id, fields))
+        updates = [updates[int(i)] for i in self._mine([doc_id for doc_id, _ in updates])]
         stored = self.index.store.rows_for_ids([doc_id for doc_id, _ in updates])
         unknown = [doc_id for doc_id, _ in updates if doc_id not in stored]
         if unknown:
@@ -141,7 +221,7 @@ class Indexer(Executor):
 
     @requests(on='/delete')
     def delete(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
-        """Delete docs by id from the store and every index generation; unknown ids are
+        """Delete docs by id from the store and every index generation at once; unknown ids are
         reported, not an error (deleting twice is harmless)."""
         ids = self._ids('/delete', docs, validate_parameters('/delete', parameters))
         stored = self.index.store.rows_for_ids(ids)
@@ -196,8 +276,6 @@ class Indexer(Executor):
         if len(docs):
             embeddings = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
             stored = self.index.reindex([d.id for d in docs], embeddings, version)
-        for doc in docs:
-            doc.tensor = doc.embedding = None
         return report({'reindexed': stored, 'missing': self.index.missing_count(version)})
 
     @requests(on='/model/activate')
@@ -220,11 +298,3 @@ class Indexer(Executor):
                            'pending_version': pending, 'generations': sorted(self.index.generations),
                            'pending_missing': None if pending is None else self.index.missing_count(pending)}
         return report(data)
-
-
-def _same_content(doc: Doc, stored: StoredDoc) -> bool:
-    if doc.text != stored.text or doc.uri != stored.uri:
-        return False
-    if (doc.tensor is None) != (stored.tensor is None):
-        return False
-    return doc.tensor is None or np.array_equal(np.asarray(doc.tensor), stored.tensor)

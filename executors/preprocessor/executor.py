@@ -1,14 +1,15 @@
 """Preprocessor: raw content (vector, image, mesh, text) -> model input in ``doc.tensor``."""
 from typing import Dict, List, Optional
 
+import numpy as np
 from jina import Executor, requests
 
 from executors.errors import InputError
 from executors.service.parameters import require_docs, validate_parameters
 from executors.data.preprocessing import build_preprocessing
-from executors.data.schema import Doc, DocList
+from executors.data.schema import Batch, Doc, DocList
 
-PREPROCESSED_ENDPOINTS = ['/train', '/index', '/search', '/evaluate']
+PREPROCESSED_ENDPOINTS = ['/train', '/index', '/index/bulk', '/search', '/evaluate']
 
 
 class Preprocessor(Executor):
@@ -56,6 +57,31 @@ class Preprocessor(Executor):
     @requests(on='/index')
     def index(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._apply('/index', docs, parameters)
+
+    @requests(on='/index/bulk')
+    def index_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        """Columns of :class:`Batch` docs: ``tensor [N, ...]`` row by row through the same pipeline."""
+        validate_parameters('/index/bulk', parameters)
+        require_docs('/index/bulk', docs)
+        for b, batch in enumerate(docs):
+            n = len(batch.ids)
+            if batch.tensor is None or len(batch.tensor) != n or n == 0:
+                raise InputError(f'docs[{b}].tensor: expected [N, ...] with one row per id (N = {n} ids), got '
+                                 f'{None if batch.tensor is None else tuple(batch.tensor.shape)}')
+            if len(set(batch.ids)) != n:
+                raise InputError(f'docs[{b}].ids: ids in a batch must be unique')
+            for name in ('labels', 'tags'):
+                column = getattr(batch, name)
+                if column is not None and len(column) != n:
+                    raise InputError(f'docs[{b}].{name}: expected {n} values (one per id), got {len(column)}')
+            rows = []
+            for i, row in enumerate(np.asarray(batch.tensor)):
+                try:
+                    rows.append(self.pipeline.apply({'tensor': row, 'uri': None, 'text': None, 'blob': None}))
+                except ValueError as e:
+                    raise type(e)(f'docs[{b}] row {i} (id {batch.ids[i]!r}): {e}') from e
+            batch.tensor = np.stack(rows)
+        return docs
 
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:

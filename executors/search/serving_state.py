@@ -14,6 +14,8 @@ def read_serving_state(index_dir) -> Tuple[Optional[int], Optional[int]]:
     """``(active version, pending version)`` from the index's state file; ``(None, None)`` when
     the index has never been written (a new search flow)."""
     path = Path(index_dir) / STATE_FILE
+    if not path.is_file() and (Path(index_dir) / 'shard-0' / STATE_FILE).is_file():  # a sharded Indexer
+        path = Path(index_dir) / 'shard-0' / STATE_FILE
     try:
         state = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
