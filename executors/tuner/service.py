@@ -185,7 +185,7 @@ class TrainingService:
         none runs. Returns the job status (``state: cancelled`` once stopped when ``wait``)."""
         with self._lock:
             if self.job['state'] != 'running':
-                raise ConflictError(f'/fit/cancel: no fit is running (last job: {self.job["state"]})')
+                raise ConflictError('/fit/cancel: no fit is running; start one with /fit')
             self._cancel.set()
             thread = self._thread
         if wait and thread is not None:
