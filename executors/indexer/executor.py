@@ -1,5 +1,5 @@
 """Indexer: stores docs and their embeddings (SQLite + FAISS, one generation per model version)."""
-import zlib
+import resource
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -9,6 +9,7 @@ from jina import Executor, requests
 from executors.data.document_store import StoredDoc
 from executors.data.schema import Batch, Doc, DocList, Report, report
 from executors.errors import InputError
+from executors.search.shards import shard_of
 from executors.search.vector_index import SearchIndex
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
 
@@ -31,11 +32,6 @@ def _one_version(versions: set, field: str) -> Optional[int]:
         raise InputError(f'docs.{field}: docs in one request must come from one model version, '
                          f'got {sorted(map(str, versions))}')
     return versions.pop()
-
-
-def shard_of(doc_id: str, shards: int) -> int:
-    """The shard that owns ``doc_id``: ``crc32(id) mod shards`` (stable across processes)."""
-    return zlib.crc32(doc_id.encode()) % shards
 
 
 class Indexer(Executor):
@@ -179,5 +175,6 @@ class Indexer(Executor):
         data.update(extra)
         data['indexer'] = {'num_docs': self.index.count(), 'active_version': self.index.active_version,
                            'pending_version': self.index.pending_version,
-                           'generations': sorted(self.index.generations)}
+                           'generations': sorted(self.index.generations),
+                           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         return report(data)

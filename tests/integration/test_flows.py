@@ -13,6 +13,7 @@ from executors.models.inference import embed
 from executors.service.flow_process import FlowProcess
 from executors.models import ModelStore
 from executors.data.schema import Doc, DocList, Report
+from executors.search.results import matches
 from executors.search.swap import hot_swap
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,8 +99,9 @@ def test_search_answers_and_hot_swap_never_mixes_versions(flows, points):
     answers = response.json()['data']
     assert {a['model_version'] for a in answers} == {1}
     oracle = VersionOracle(store, index_points, queries, 5)
-    oracle.check(1, [[m['id'] for m in a['matches']] for a in answers],
-                 [[m['score'] for m in a['matches']] for a in answers])
+    oracle.check(1, [a['match_ids'] for a in answers], [a['match_scores'] for a in answers])
+    assert [m['label'] for m in matches(answers[0])] == answers[0]['match_fields']['label']
+    assert all(a.get('tensor') is None and a.get('embedding') is None for a in answers)  # lean answers
 
     store.set_current('swiss-roll-mlp', 2)
     seen, failures, stop = [], [], threading.Event()
@@ -109,8 +111,7 @@ def test_search_answers_and_hot_swap_never_mixes_versions(flows, points):
             try:
                 got = client.post('/search', DocList[Doc]([Doc(tensor=q) for q in queries]),
                                   parameters={'limit': 5}, return_type=DocList[Doc])
-                seen.append((got[0].model_version, [[m.id for m in d.matches] for d in got],
-                             [[m.score for m in d.matches] for d in got]))
+                seen.append((got[0].model_version, [d.match_ids for d in got], [d.match_scores for d in got]))
             except Exception as e:  # noqa: BLE001 - a refused query is allowed, a wrong one is not
                 failures.append(str(e))
 
@@ -127,7 +128,7 @@ def test_search_answers_and_hot_swap_never_mixes_versions(flows, points):
     after = client.post('/search', DocList[Doc]([Doc(tensor=q) for q in queries]), parameters={'limit': 5},
                         return_type=DocList[Doc])
     assert after[0].model_version == 2
-    oracle.check(2, [[m.id for m in d.matches] for d in after], [[m.score for m in d.matches] for d in after])
+    oracle.check(2, [d.match_ids for d in after], [d.match_scores for d in after])
 
 
 @pytest.mark.parametrize('endpoint, data, parameters, message', [
