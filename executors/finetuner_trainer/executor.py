@@ -15,7 +15,7 @@ from executors.tuner.service import TrainingService
 
 class FinetunerTrainer(Executor):
     """Endpoints: ``/train`` (store labelled docs), ``/train/clear``, ``/fit`` (tune; parameters
-    are fit options, ``wait=True`` blocks until done), ``/status`` (progress, metrics, versions),
+    are fit options, ``wait=True`` blocks until done), ``/fit/cancel`` (stop the running fit), ``/status`` (progress, metrics, versions),
     ``/evaluate`` (embed labelled docs with a ``version``, default the current one, for the Evaluator).
 
     ``store_dir``: the model store shared with the search flow; ``model_name``; ``model``: the
@@ -54,6 +54,12 @@ class FinetunerTrainer(Executor):
         options = validate_parameters('/fit', parameters)
         wait = options.pop('wait', False)
         return report(self.service.start_fit(options, wait=wait))
+
+    @requests(on='/fit/cancel')
+    def cancel(self, parameters: Dict, **kwargs) -> DocList[Report]:
+        """Stop the running fit after its current batch; nothing is published."""
+        validate_parameters('/fit/cancel', parameters)
+        return report(self.service.cancel())
 
     @requests(on='/status')
     def status(self, parameters: Dict, **kwargs) -> DocList[Report]:

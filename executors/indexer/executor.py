@@ -8,12 +8,15 @@ from jina import Executor, requests
 
 from executors.data.document_store import StoredDoc
 from executors.data.schema import Batch, Doc, DocList, Report, report
-from executors.errors import InputError
+from executors.errors import InputError, NotFoundError
+from executors.search.filters import compile_filter
 from executors.search.shards import shard_of
 from executors.search.vector_index import SearchIndex
+from executors.service.limits import RequestLimits
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
 
 DEFAULT_LIMIT = 10
+DEFAULT_PAGE = 256
 DEFAULT_FIELDS = ['label']
 STORED_FIELDS = ('id', 'label', 'text', 'uri', 'tags')
 
@@ -34,24 +37,45 @@ def _one_version(versions: set, field: str) -> Optional[int]:
     return versions.pop()
 
 
+def _to_doc(doc: StoredDoc) -> Doc:
+    return Doc(id=doc.id, label=doc.label, text=doc.text, uri=doc.uri, tags=doc.tags, tensor=doc.tensor)
+
+
+def _same_content(doc: Doc, stored: StoredDoc) -> bool:
+    if doc.text != stored.text or doc.uri != stored.uri or (doc.tensor is None) != (stored.tensor is None):
+        return False
+    return doc.tensor is None or np.array_equal(np.asarray(doc.tensor), stored.tensor)
+
+
 class Indexer(Executor):
-    """``/index`` stores docs (one per item) and ``/index/bulk`` stores :class:`Batch` columns;
-    ``/search`` answers each query with ``match_ids``, ``match_scores`` and ``match_fields``
-    (parameters ``limit`` default 10, ``fields`` default ``['label']``, ``nprobe``/``efSearch``).
-    Model swaps: ``/model/prepare``, ``/model/missing`` (stored docs the new generation lacks, to
+    """``/index`` stores docs (one per item, upsert by id) and ``/index/bulk`` stores :class:`Batch`
+    columns; ``/search`` answers each query with ``match_ids``, ``match_scores`` and ``match_fields``
+    (parameters ``limit`` default 10, ``fields`` default ``['label']``, ``nprobe``/``efSearch``, and
+    ``filter`` on label and tags, applied inside the search: see :mod:`executors.search.filters`).
+    Documents: ``/update`` (label/tags of stored docs, no re-embedding), ``/delete`` and ``/get``
+    (``parameters.ids``), ``/count`` (optional ``filter``). Model swaps: ``/model/prepare``, ``/model/missing`` (stored docs the new generation lacks, to
     re-embed), ``/model/reindex``, ``/model/activate``, ``/model/status``.
 
     ``index_factory`` (FAISS ``index_factory`` string: ``Flat``, ``HNSW32``, ``IVF1024,Flat``,
     ``IVF1024,PQ32``, ...), ``metric`` (``cosine``, ``inner_product``, ``l2``), ``train_threshold``
     (vectors before IVF/PQ are trained; exact search until then), ``snapshot_interval`` (seconds
     between background FAISS snapshots). With ``shards: N`` in the Flow (``polling: ALL``), each
-    shard keeps the docs whose ``shard_of(id, N)`` is its shard id.
+    shard keeps the docs whose ``shard_of(id, N)`` is its shard id. ``index_dir``: where the index
+    lives (default ``<workspace>/index``; the Encoder follows the serving version recorded there);
+    ``limits``: see :class:`executors.service.limits.RequestLimits`.
     """
 
     def __init__(self, index_factory: str = 'Flat', metric: str = 'cosine', train_threshold: Optional[int] = None,
-                 snapshot_interval: float = 60.0, **kwargs):
+                 snapshot_interval: float = 60.0, index_dir: Optional[str] = None, limits: Optional[Dict] = None,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.index = SearchIndex(Path(self.workspace or 'workspace') / 'index', index_factory=index_factory,
+        self.limits = RequestLimits.from_config(limits)
+        runtime = getattr(self, 'runtime_args', None)
+        shard_id = getattr(runtime, 'shard_id', None)
+        if index_dir and shard_id is not None and int(getattr(runtime, 'shards', 1) or 1) > 1:
+            index_dir = str(Path(index_dir) / f'shard-{int(shard_id)}')
+        self.index = SearchIndex(Path(index_dir) if index_dir else Path(self.workspace or 'workspace') / 'index',
+                                 index_factory=index_factory,
                                  metric=metric, train_threshold=train_threshold, snapshot_interval=snapshot_interval)
         runtime = getattr(self, 'runtime_args', None)
         self.shards = int(getattr(runtime, 'shards', 1) or 1)
@@ -72,6 +96,11 @@ class Indexer(Executor):
     def add(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         validate_parameters('/index', parameters)
         require_docs('/index', docs)
+        self.limits.check_docs('/index', docs)
+        ids = [d.id for d in docs]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise InputError(f'docs.id: {duplicate!r} occurs more than once in the request; send each id once')
         mine = self._mine([d.id for d in docs])
         embeddings = {}
         for field, version_field in (('embedding', 'model_version'), ('candidate_embedding', 'candidate_version')):
@@ -88,6 +117,7 @@ class Indexer(Executor):
                            embeddings)
         for doc in docs:
             doc.tensor = doc.embedding = doc.candidate_embedding = None
+            doc.candidate_version = None
         return docs
 
     @requests(on='/index/bulk')
@@ -95,6 +125,11 @@ class Indexer(Executor):
         validate_parameters('/index/bulk', parameters)
         require_docs('/index/bulk', docs)
         for batch in docs:
+            self.limits.check_count('/index/bulk', len(batch.ids))
+            if len(set(batch.ids)) != len(batch.ids):
+                raise InputError('docs.ids: a /index/bulk batch holds an id more than once; send each id once')
+            for i, tags in enumerate(batch.tags or []):
+                self.limits.check_doc(f'docs.tags[{i}]', Doc(tags=tags))
             if batch.embedding is None or batch.model_version is None:
                 raise InputError('docs.embedding: missing; run the batch through the Encoder before the Indexer')
             mine = self._mine(batch.ids)
@@ -113,9 +148,8 @@ class Indexer(Executor):
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         options = validate_parameters('/search', parameters)
         require_docs('/search', docs)
-        limit = options.get('limit', DEFAULT_LIMIT)
-        if limit < 1:
-            raise InputError(f'parameters.limit: must be at least 1, got {limit}')
+        self.limits.check_count('/search', len(docs))
+        limit = self.limits.check_limit('parameters.limit', options.get('limit', DEFAULT_LIMIT))
         fields = options.get('fields', DEFAULT_FIELDS)
         if not all(isinstance(f, str) for f in fields) or set(fields) - set(STORED_FIELDS):
             raise InputError(f'parameters.fields: expected a list of {", ".join(STORED_FIELDS)}, got {fields!r}')
@@ -125,12 +159,87 @@ class Indexer(Executor):
                              'run queries through the Encoder')
         queries = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
         search_params = {k: options[k] for k in ('nprobe', 'efSearch') if k in options}
-        hits = self.index.search(queries, versions.pop(), limit, search_params=search_params, fields=fields)
+        hits = self.index.search(queries, versions.pop(), limit, allowed_rows=self._allowed_rows(options),
+                                 search_params=search_params, fields=fields)
         for i, doc in enumerate(docs):
             doc.match_ids, doc.match_scores = hits.ids[i], hits.scores[i]
             doc.match_fields = {name: hits.fields[name][i] for name in fields}
-            doc.tensor = doc.embedding = None
+            doc.tensor = doc.embedding = doc.candidate_embedding = None
+            doc.candidate_version = None
         return docs
+
+    def _allowed_rows(self, options: Dict) -> Optional[np.ndarray]:
+        if 'filter' not in options:
+            return None
+        condition, args = compile_filter(options['filter'])
+        return self.index.store.rows_matching(condition, args)
+
+    def _ids(self, endpoint: str, docs: DocList[Doc], options: Dict) -> List[str]:
+        """Doc ids from ``parameters.ids`` or, if absent, from the request's docs."""
+        ids = options.get('ids')
+        if ids is None:
+            ids = [d.id for d in docs]
+        if not ids:
+            raise InputError(f'parameters.ids: {endpoint} needs doc ids: pass parameters.ids=[...] or docs with ids')
+        if not all(isinstance(i, str) and i for i in ids):
+            raise InputError(f'parameters.ids: expected a list of non-empty strings, got {ids[:5]!r}')
+        self.limits.check_page('parameters.ids (count)', len(ids))
+        ids = list(dict.fromkeys(ids))
+        return [ids[int(i)] for i in self._mine(ids)]
+
+    @requests(on='/update')
+    def update(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
+        """Set label and/or tags of stored docs (a doc's ``label`` when given, its ``tags`` when
+        non-empty), keeping content and embeddings; every id must be stored."""
+        validate_parameters('/update', parameters)
+        require_docs('/update', docs)
+        self.limits.check_docs('/update', docs)
+        updates = []
+        for i, doc in enumerate(docs):
+            for content in ('text', 'uri', 'tensor', 'embedding'):
+                if getattr(doc, content) is not None:
+                    raise InputError(f'docs[{i}].{content}: /update changes label and tags only; send new content '
+                                     'to /index (it re-embeds the doc)')
+            fields = {}
+            if doc.label is not None:
+                fields['label'] = doc.label
+            if doc.tags:
+                fields['tags'] = dict(doc.tags)
+            if not fields:
+                raise InputError(f'docs[{i}] (id {doc.id!r}): nothing to update; set label and/or tags')
+            updates.append((doc.id, fields))
+        updates = [updates[int(i)] for i in self._mine([doc_id for doc_id, _ in updates])]
+        stored = self.index.store.rows_for_ids([doc_id for doc_id, _ in updates])
+        unknown = [doc_id for doc_id, _ in updates if doc_id not in stored]
+        if unknown:
+            raise NotFoundError(f'docs.id: {len(unknown)} id(s) not indexed: {unknown[:10]}; index them with /index')
+        return report({'updated': self.index.store.update_fields(updates)})
+
+    @requests(on='/delete')
+    def delete(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
+        """Delete docs by id from the store and every index generation at once; unknown ids are
+        reported, not an error (deleting twice is harmless)."""
+        ids = self._ids('/delete', docs, validate_parameters('/delete', parameters))
+        stored = self.index.store.rows_for_ids(ids)
+        deleted = self.index.delete(ids)
+        return report({'deleted': deleted, 'not_found': [i for i in ids if i not in stored],
+                       'num_docs': self.index.count()})
+
+    @requests(on='/get')
+    def get(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        """The stored docs (id, label, text, uri, tags, tensor) in the order asked; every id must be stored."""
+        ids = self._ids('/get', docs, validate_parameters('/get', parameters))
+        found = self.index.store.get_ids(ids)
+        unknown = [i for i in ids if i not in found]
+        if unknown:
+            raise NotFoundError(f'parameters.ids: {len(unknown)} id(s) not indexed: {unknown[:10]}')
+        return DocList[Doc]([_to_doc(found[i][1]) for i in ids])
+
+    @requests(on='/count')
+    def count(self, parameters: Dict, **kwargs) -> DocList[Report]:
+        options = validate_parameters('/count', parameters)
+        allowed = self._allowed_rows(options)
+        return report({'count': self.index.count() if allowed is None else len(allowed)})
 
     @requests(on='/model/prepare')
     def prepare(self, docs: DocList[Report], parameters: Dict, **kwargs) -> DocList[Report]:
@@ -143,15 +252,22 @@ class Indexer(Executor):
     def missing(self, parameters: Dict, **kwargs) -> DocList[Doc]:
         options = validate_parameters('/model/missing', parameters)
         version = required_parameter('/model/missing', options, 'version')
-        docs = self.index.docs_missing_from(version, options.get('limit', 256))
-        return DocList[Doc]([Doc(id=d.id, label=d.label, text=d.text, uri=d.uri, tags=d.tags, tensor=d.tensor)
-                             for d in docs])
+        limit = self.limits.check_page('parameters.limit', options.get('limit', DEFAULT_PAGE))
+        return DocList[Doc]([_to_doc(d) for d in self.index.docs_missing_from(version, limit)])
 
     @requests(on='/model/reindex')
     def reindex(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
+        """Add docs re-embedded by the Encoder to a generation; each must carry exactly the content
+        stored under its id (so no client can plant a vector for a stored doc)."""
         version = required_parameter('/model/reindex', validate_parameters('/model/reindex', parameters), 'version')
+        self.limits.check_count('/model/reindex', len(docs))
         if any(d.model_version != version for d in docs):
             raise InputError(f'docs.model_version: reindexed docs must be embedded by version {version}')
+        stored_docs = self.index.store.get_ids([d.id for d in docs])
+        for i, doc in enumerate(docs):
+            if doc.id in stored_docs and not _same_content(doc, stored_docs[doc.id][1]):
+                raise InputError(f'docs[{i}] (id {doc.id!r}): content differs from the stored doc; /model/reindex '
+                                 're-embeds stored docs as /model/missing returns them (send changes to /index)')
         stored = 0
         if len(docs):
             embeddings = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
@@ -173,8 +289,9 @@ class Indexer(Executor):
     def _status(self, docs: DocList[Report], **extra) -> DocList[Report]:
         data = dict(docs[0].data) if len(docs) else {}
         data.update(extra)
+        pending = self.index.pending_version
         data['indexer'] = {'num_docs': self.index.count(), 'active_version': self.index.active_version,
-                           'pending_version': self.index.pending_version,
-                           'generations': sorted(self.index.generations),
+                           'pending_version': pending, 'generations': sorted(self.index.generations),
+                           'pending_missing': None if pending is None else self.index.missing_count(pending),
                            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         return report(data)

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from executors.models.inference import embed
-from executors.errors import InputError
+from executors.errors import ConflictError, InputError, positive_int
 from executors.data.document_store import DocumentStore, StoredDoc
 from executors.evaluation.metrics import evaluate_embeddings
 from executors.models import ModelStore, build_model
@@ -35,19 +35,40 @@ FIT_DEFAULTS = {'epochs': 10, 'batch_size': 256, 'learning_rate': 1e-3, 'loss': 
                 'from_scratch': False}
 
 
-class _JobProgress(Callback):
-    """Copies the loop's progress into the job's status dict."""
+class FitCancelled(Exception):
+    """Raised inside a fit's loop when ``/fit/cancel`` asked it to stop."""
 
-    def __init__(self, job: Dict[str, Any]):
-        self.job = job
+
+class _JobProgress(Callback):
+    """Copies the loop's progress into the job's status dict; stops the fit after the current
+    batch once ``cancel`` is set."""
+
+    def __init__(self, job: Dict[str, Any], cancel: threading.Event):
+        self.job, self.cancel = job, cancel
 
     def on_train_batch_end(self, tuner):
+        if self.cancel.is_set():
+            raise FitCancelled('cancelled by /fit/cancel')
         s = tuner.state
         self.job.update(epoch=s.epoch + 1, epochs=s.num_epochs, batch=s.batch_index + 1, batches=s.num_batches,
                         loss=s.current_loss)
 
     def on_epoch_end(self, tuner):
         self.job['history'] = list(tuner.state.history)
+
+
+def validate_fit_options(opts: Dict[str, Any]) -> None:
+    """InputError naming the first fit option out of range (before any work starts)."""
+    for name in ('epochs', 'batch_size', 'eval_k'):
+        positive_int(f'parameters.{name}', opts[name])
+    if opts['num_items_per_class'] is not None:
+        positive_int('parameters.num_items_per_class', opts['num_items_per_class'])
+    rate = opts['learning_rate']
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise InputError(f'parameters.learning_rate: must be a finite number > 0, got {rate!r}')
+    fraction = opts['eval_fraction']
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise InputError(f'parameters.eval_fraction: must be in [0, 1), got {fraction!r}')
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int):
@@ -92,6 +113,7 @@ class TrainingService:
         self._lock = threading.Lock()
         self.job: Dict[str, Any] = {'state': 'idle'}
         self._thread: Optional[threading.Thread] = None
+        self._cancel = threading.Event()
         self.ensure_initial_version()
 
     def ensure_initial_version(self) -> int:
@@ -118,7 +140,8 @@ class TrainingService:
     def clear(self) -> None:
         with self._lock:
             if self.job['state'] == 'running':
-                raise InputError('/train/clear: a fit is running; wait for it to finish')
+                raise ConflictError('/train/clear: a fit is running on the collected docs; wait for it to finish '
+                                    'or stop it with /fit/cancel')
             self.data.close()
             path = self.data.path
             for suffix in ('', '-wal', '-shm'):
@@ -137,8 +160,7 @@ class TrainingService:
     def start_fit(self, options: Dict[str, Any], wait: bool = False) -> Dict[str, Any]:
         """Validate, then fit in a background thread (or block if ``wait``); returns the job status."""
         opts = {**self.fit_defaults, **options}
-        if not 0 <= opts['eval_fraction'] < 1:
-            raise InputError(f'parameters.eval_fraction: must be in [0, 1), got {opts["eval_fraction"]}')
+        validate_fit_options(opts)
         get_loss(opts['loss'], **(opts['loss_kwargs'] or {}))  # a bad loss is the caller's error, now
         docs = self._load_docs()
         if not docs:
@@ -147,7 +169,9 @@ class TrainingService:
                                   [d.label for d in docs]))
         with self._lock:
             if self.job['state'] == 'running':
-                raise InputError('/fit: a fit is already running; poll /status and retry when it has finished')
+                raise ConflictError('/fit: a fit is already running; poll /status and retry when it has finished, '
+                                    'or stop it with /fit/cancel')
+            self._cancel.clear()
             self.job = {'state': 'running', 'job_id': f'{int(time.time() * 1000)}', 'started': time.time(),
                         'num_docs': len(docs), 'options': opts}
             self._thread = threading.Thread(target=self._run, args=(self.job, docs, items, opts), daemon=True)
@@ -156,10 +180,24 @@ class TrainingService:
             self._thread.join()
         return self.status()
 
+    def cancel(self, wait: bool = True) -> Dict[str, Any]:
+        """Stop the running fit after its current batch (nothing is published); ConflictError if
+        none runs. Returns the job status (``state: cancelled`` once stopped when ``wait``)."""
+        with self._lock:
+            if self.job['state'] != 'running':
+                raise ConflictError(f'/fit/cancel: no fit is running (last job: {self.job["state"]})')
+            self._cancel.set()
+            thread = self._thread
+        if wait and thread is not None:
+            thread.join()
+        return self.status()
+
     def _run(self, job, docs, items, opts) -> None:
         try:
             job.update(self._fit(job, docs, items, opts))
             job['state'] = 'done'
+        except FitCancelled:
+            job['state'] = 'cancelled'
         except Exception as e:  # noqa: BLE001 - reported through /status
             job.update(state='failed', error=f'{type(e).__name__}: {e}', traceback=traceback.format_exc())
         job['finished'] = time.time()
@@ -185,7 +223,7 @@ class TrainingService:
         fit(model, train, held_out, loss=opts['loss'], loss_kwargs=opts['loss_kwargs'], epochs=opts['epochs'],
             batch_size=opts['batch_size'], learning_rate=opts['learning_rate'], optimizer=opts['optimizer'],
             num_items_per_class=opts['num_items_per_class'], seed=opts['seed'], eval_k=max(k, 1),
-            callbacks=[_JobProgress(job)], progress_bar=False)
+            callbacks=[_JobProgress(job, self._cancel)], progress_bar=False)
         history = job.get('history', [])
         after = evaluate()
         clean = lambda d: {k_: (None if isinstance(v, float) and math.isnan(v) else v) for k_, v in d.items()}
