@@ -127,4 +127,3 @@ def test_acknowledged_writes_survive_sigkill_and_restart_from_snapshot_plus_log(
         after = _search(client, points[:20], limit=5, efSearch=200)
         assert [d.match_ids for d in after] == [d.match_ids for d in before]
         assert [d.match_ids[0] for d in after] == [f'p{i}' for i in range(20)]
-    assert list((tmp_path / 'workspace').rglob('generations/*.npz'))  # written on a clean shutdown
