@@ -7,7 +7,7 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.data.document_store import StoredDoc
-from executors.data.schema import Batch, Doc, DocList, Report, report
+from executors.data.schema import Batch, Doc, DocList, Report, assign, report
 from executors.errors import InputError, NotFoundError
 from executors.search.filters import compile_filter
 from executors.search.shards import shard_of
@@ -116,8 +116,7 @@ class Indexer(Executor):
                                       tensor=None if d.tensor is None else np.asarray(d.tensor)) for d in chosen],
                            embeddings)
         for doc in docs:
-            doc.tensor = doc.embedding = doc.candidate_embedding = None
-            doc.candidate_version = None
+            assign(doc, tensor=None, embedding=None, candidate_embedding=None, candidate_version=None)
         return docs
 
     @requests(on='/index/bulk')
@@ -162,10 +161,9 @@ class Indexer(Executor):
         hits = self.index.search(queries, versions.pop(), limit, allowed_rows=self._allowed_rows(options),
                                  search_params=search_params, fields=fields)
         for i, doc in enumerate(docs):
-            doc.match_ids, doc.match_scores = hits.ids[i], hits.scores[i]
-            doc.match_fields = {name: hits.fields[name][i] for name in fields}
-            doc.tensor = doc.embedding = doc.candidate_embedding = None
-            doc.candidate_version = None
+            assign(doc, match_ids=hits.ids[i], match_scores=hits.scores[i],
+                   match_fields={name: hits.fields[name][i] for name in fields},
+                   tensor=None, embedding=None, candidate_embedding=None, candidate_version=None)
         return docs
 
     def _allowed_rows(self, options: Dict) -> Optional[np.ndarray]:

@@ -57,3 +57,16 @@ def test_merge_top_k_equals_one_sorted_list():
     assert merged_ids == [ids[i] for i in best] and np.allclose(merged_scores, scores[best])
     assert fields['label'] == [str(i) for i in best]
     assert merge_top_k([([], np.zeros(0), {'label': []})] * 2, 5) == ([], pytest.approx(np.zeros(0)), {'label': []})
+
+
+def test_assign_sets_typed_fields_that_serialise_like_validated_ones():
+    from executors.data.schema import assign
+    doc = Doc(id='q', tensor=np.ones(3))
+    assign(doc, embedding=np.arange(4, dtype=np.float32), model_version=3, tensor=None, match_ids=['a'],
+           match_scores=np.array([0.5], dtype=np.float32), match_fields={'label': ['x']})
+    validated = Doc(id='q', embedding=np.arange(4, dtype=np.float32), model_version=3, match_ids=['a'],
+                    match_scores=np.array([0.5], dtype=np.float32), match_fields={'label': ['x']})
+    assert DocList[Doc]([doc]).to_protobuf() == DocList[Doc]([validated]).to_protobuf()
+    assert json.loads(doc.model_dump_json()) == json.loads(validated.model_dump_json())
+    with pytest.raises(AttributeError, match="Doc has no field 'nope'"):
+        assign(doc, nope=1)
