@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_fit.py
 	$(PYTHON) benchmarks/bench_miners.py
+	PYTHONPATH=. $(PYTHON) benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) results workspace

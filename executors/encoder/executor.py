@@ -2,9 +2,10 @@
 from typing import Dict, Optional
 
 import numpy as np
+from docarray.typing import NdArray
 from jina import Executor, requests
 
-from executors.data.schema import Batch, Doc, DocList, Report, report
+from executors.data.schema import Batch, Doc, DocList, Report, assign, report
 from executors.errors import InputError
 from executors.models import ModelStore
 from executors.models.inference import doc_content
@@ -55,12 +56,14 @@ class Encoder(Executor):
             vectors, version, candidate_vectors, candidate = self.encoder.embed_both(contents)
         else:
             (vectors, version), candidate_vectors, candidate = self.encoder.embed(contents), None, None
+        vectors = NdArray._docarray_from_native(vectors)
+        if candidate is not None:
+            candidate_vectors = NdArray._docarray_from_native(candidate_vectors)
         for i, doc in enumerate(docs):
-            doc.embedding, doc.model_version = vectors[i], version
-            doc.candidate_embedding = None if candidate is None else candidate_vectors[i]
-            doc.candidate_version = candidate
+            assign(doc, embedding=vectors[i], model_version=version,
+                   candidate_embedding=None if candidate is None else candidate_vectors[i], candidate_version=candidate)
             if not both:  # a query needs only its embedding from here on
-                doc.tensor = None
+                assign(doc, tensor=None)
         return docs
 
     @requests(on='/index')

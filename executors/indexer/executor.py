@@ -1,5 +1,5 @@
 """Indexer: stores docs and their embeddings (SQLite + FAISS, one generation per model version)."""
-import zlib
+import resource
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -7,9 +7,10 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.data.document_store import StoredDoc
-from executors.data.schema import Batch, Doc, DocList, Report, report
+from executors.data.schema import Batch, Doc, DocList, Report, assign, report
 from executors.errors import InputError, NotFoundError
 from executors.search.filters import compile_filter
+from executors.search.shards import shard_of
 from executors.search.vector_index import SearchIndex
 from executors.service.limits import RequestLimits
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
@@ -34,11 +35,6 @@ def _one_version(versions: set, field: str) -> Optional[int]:
         raise InputError(f'docs.{field}: docs in one request must come from one model version, '
                          f'got {sorted(map(str, versions))}')
     return versions.pop()
-
-
-def shard_of(doc_id: str, shards: int) -> int:
-    """The shard that owns ``doc_id``: ``crc32(id) mod shards`` (stable across processes)."""
-    return zlib.crc32(doc_id.encode()) % shards
 
 
 def _to_doc(doc: StoredDoc) -> Doc:
@@ -120,8 +116,7 @@ class Indexer(Executor):
                                       tensor=None if d.tensor is None else np.asarray(d.tensor)) for d in chosen],
                            embeddings)
         for doc in docs:
-            doc.tensor = doc.embedding = doc.candidate_embedding = None
-            doc.candidate_version = None
+            assign(doc, tensor=None, embedding=None, candidate_embedding=None, candidate_version=None)
         return docs
 
     @requests(on='/index/bulk')
@@ -166,10 +161,9 @@ class Indexer(Executor):
         hits = self.index.search(queries, versions.pop(), limit, allowed_rows=self._allowed_rows(options),
                                  search_params=search_params, fields=fields)
         for i, doc in enumerate(docs):
-            doc.match_ids, doc.match_scores = hits.ids[i], hits.scores[i]
-            doc.match_fields = {name: hits.fields[name][i] for name in fields}
-            doc.tensor = doc.embedding = doc.candidate_embedding = None
-            doc.candidate_version = None
+            assign(doc, match_ids=hits.ids[i], match_scores=hits.scores[i],
+                   match_fields={name: hits.fields[name][i] for name in fields},
+                   tensor=None, embedding=None, candidate_embedding=None, candidate_version=None)
         return docs
 
     def _allowed_rows(self, options: Dict) -> Optional[np.ndarray]:
@@ -296,5 +290,6 @@ class Indexer(Executor):
         pending = self.index.pending_version
         data['indexer'] = {'num_docs': self.index.count(), 'active_version': self.index.active_version,
                            'pending_version': pending, 'generations': sorted(self.index.generations),
-                           'pending_missing': None if pending is None else self.index.missing_count(pending)}
+                           'pending_missing': None if pending is None else self.index.missing_count(pending),
+                           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         return report(data)

@@ -18,9 +18,11 @@ metric)``: ``Flat``, ``HNSW32``, ``IVF1024,Flat``, ``IVF1024,PQ32``, ...
 * **Filters.** ``search(..., allowed_rows=rows)`` restricts the search to those rows inside FAISS
   (``IDSelectorBatch``); when an approximate index returns fewer than ``min(limit, matching)``
   results (a selective filter missed by HNSW's graph walk or IVF's probed lists), the matching
-  vectors are scored exactly, so ``limit`` results come back whenever that many match.
+  vectors are scored exactly (up to ``EXACT_FALLBACK_MAX`` of them), so ``limit`` results come
+  back whenever that many match.
 * **Per-query settings:** ``nprobe`` (IVF) and ``efSearch`` (HNSW) through FAISS
-  ``SearchParameters``; a setting the index type does not have is an error.
+  ``SearchParameters``; a setting the index type does not have is an error. Defaults (better
+  recall than FAISS's 1 and 16): ``nprobe = max(1, nlist // 32)``, ``efSearch = 64``.
 """
 import re
 from typing import Dict, Optional, Tuple
@@ -33,6 +35,7 @@ from executors.errors import InputError
 METRICS = {'cosine': faiss.METRIC_INNER_PRODUCT, 'inner_product': faiss.METRIC_INNER_PRODUCT,
            'l2': faiss.METRIC_L2}
 SEARCH_PARAMETERS = ('nprobe', 'efSearch')
+EXACT_FALLBACK_MAX = 100_000  # most candidates scored exactly when an approximate search comes back short
 
 
 def _grown(array: np.ndarray, size: int, fill: int) -> np.ndarray:
@@ -73,6 +76,11 @@ class FaissIndex:
             raise InputError(f'index_factory: FAISS cannot build {factory!r} for dimension {dim}: '
                              f'{str(e).strip().splitlines()[-1]}') from e
         self.kind = self._kind(self.index)
+        if self.kind == 'ivf':
+            ivf = faiss.extract_index_ivf(self.index)
+            ivf.nprobe = max(1, ivf.nlist // 32)
+        elif self.kind == 'hnsw':
+            faiss.downcast_index(self.index).hnsw.efSearch = 64
         self.train_threshold = None
         self.exact: Optional[faiss.Index] = None  # answers until the real index is trained
         if not self.index.is_trained:
@@ -223,12 +231,17 @@ class FaissIndex:
         queries = self._prepared(queries)
         keep_alive = []
         if allowed_rows is not None:
-            slots = self.slot_of_row[np.asarray(allowed_rows, dtype=np.int64)[
-                (allowed_rows >= 0) & (allowed_rows < len(self.slot_of_row))]] if len(allowed_rows) else \
-                np.zeros(0, dtype=np.int64)
+            allowed = np.asarray(allowed_rows, dtype=np.int64).reshape(-1)
+            allowed = allowed[(allowed >= 0) & (allowed < len(self.slot_of_row))]
+            slots = self.slot_of_row[allowed]
             slots = np.ascontiguousarray(np.unique(slots[slots >= 0]), dtype=np.int64)
             matching = len(slots)
             selector = faiss.IDSelectorBatch(slots) if matching else None
+            if matching > self.num_slots // 32:  # a broad filter: a bitmap beats a hash set
+                bits = np.zeros(self.num_slots, dtype=bool)
+                bits[slots] = True
+                keep_alive.append(np.packbits(bits, bitorder='little'))
+                selector = faiss.IDSelectorBitmap(self.num_slots, faiss.swig_ptr(keep_alive[-1]))
         else:
             slots, matching = None, self.num_live
             selector = None
@@ -246,7 +259,8 @@ class FaissIndex:
         index = self.exact if self.exact is not None else self.index
         distances, found = index.search(queries, want, params=params)
         short = (found >= 0).sum(axis=1) < want
-        if short.any():  # an approximate index missed matching vectors: score them exactly
+        if short.any() and matching <= EXACT_FALLBACK_MAX:  # an approximate index missed matching
+            # vectors (a selective filter, many tombstones): score the candidates exactly
             if slots is None:
                 slots = np.flatnonzero(self.live[:self.num_slots]).astype(np.int64)
             exact = faiss.IndexFlat(self.dim, METRICS[self.metric])

@@ -290,11 +290,15 @@ class SearchIndex:
         ``search_params``: ``nprobe`` / ``efSearch``; ``fields``: stored fields to return beside
         ids and scores (read from SQLite for the matches only; the tensor never is).
         """
-        with self._lock:
+        empty = Hits([[] for _ in range(len(queries))], [np.zeros(0, np.float32) for _ in range(len(queries))],
+                     {name: [[] for _ in range(len(queries))] for name in fields})
+        with self._lock:  # the active generation's path reads nothing from SQLite before FAISS
             generation = self.generations.get(int(version))
-            if self.store.count() == 0 or (allowed_rows is not None and len(allowed_rows) == 0):
-                return Hits([[] for _ in range(len(queries))], [np.zeros(0, np.float32) for _ in range(len(queries))],
-                            {name: [[] for _ in range(len(queries))] for name in fields})
+            if allowed_rows is not None and len(allowed_rows) == 0:
+                return empty
+            if generation is None and int(version) in (self.active_version, self.pending_version) \
+                    and self.store.count() == 0:
+                return empty
             if int(version) == self.pending_version and self.missing_count(version):
                 raise InputError(
                     f'model_version: the index generation of model version {version} is still being built '
@@ -307,7 +311,8 @@ class SearchIndex:
                     f'(serving {sorted(self.generations) or "none"}); the query was embedded by another model '
                     'than the indexed documents: reload the Encoder or wait for the swap to finish'
                 )
-        rows, scores = generation.search(queries, limit, allowed_rows, search_params)
+            rows, scores = generation.search(queries, limit, allowed_rows, search_params)  # FAISS is not
+            # safe to search while another thread adds to it
         found = rows >= 0
         names = ('id',) + tuple(f for f in fields if f != 'id')
         stored = self.store.fields(np.unique(rows[found]), names)

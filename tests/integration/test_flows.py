@@ -12,6 +12,7 @@ from jina import Client
 from sklearn.datasets import make_swiss_roll
 
 from executors.data.schema import Doc, DocList, Report
+from executors.search.results import matches
 from executors.service.flow_process import FlowProcess
 from tests.integration.search_helpers import (MODEL, SearchFlow, assert_answers_match, brute_force, grpc_error_message,
                                               publish_versions)
@@ -169,6 +170,11 @@ def test_hot_swap_answers_every_query_from_one_version_and_keeps_mid_swap_docs(t
 
     try:
         flow.index(ids, points)
+        response = flow.post('/search', [{'tensor': q.tolist()} for q in queries], limit=5)
+        assert response.status_code == 200, response.text
+        first = response.json()['data']
+        assert [m['label'] for m in matches(first[0])] == first[0]['match_fields']['label']
+        assert all(a.get('tensor') is None and a.get('embedding') is None for a in first)  # lean answers
         thread = threading.Thread(target=query_during_swap)
         thread.start()
         client = flow.grpc

@@ -115,6 +115,12 @@ def test_filter_returns_limit_matches_inside_the_allowed_rows(factory):
     if factory != 'IVF8,PQ4':
         mask = np.isin(rows, live_allowed)
         assert np.array_equal(got, _brute(queries, vectors[mask], rows[mask], 10, 'cosine')[0])
+    broad = rows[::2]  # half the rows: the bitmap selector
+    got, _ = _exactish(index, queries, k=10, allowed_rows=broad)
+    assert np.isin(got, broad).all() and not np.isin(got, allowed[:2]).any()
+    if factory != 'IVF8,PQ4':
+        mask = np.isin(rows, broad) & ~np.isin(rows, allowed[:2])
+        assert np.array_equal(got, _brute(queries, vectors[mask], rows[mask], 10, 'cosine')[0])
     few, _ = index.search(queries, 10, allowed_rows=np.array([rows[5], 10 ** 9, -1]))
     assert np.array_equal(few[:, 0], np.full(5, rows[5])) and (few[:, 1:] == -1).all()
     none, none_scores = index.search(queries, 3, allowed_rows=np.zeros(0, np.int64))

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from executors.errors import InputError
 from executors.data.document_store import DocumentStore, StoredDoc
-from executors.search.vector_index import SearchIndex
+from executors.errors import InputError
 from executors.evaluation.metrics import nearest_neighbours
+from executors.search.vector_index import SearchIndex
 
 
 def _docs(n, offset=0):
