@@ -9,7 +9,7 @@ from executors.service.parameters import require_docs, validate_parameters
 from executors.data.preprocessing import build_preprocessing
 from executors.data.schema import Batch, Doc, DocList
 
-PREPROCESSED_ENDPOINTS = ['/train', '/index', '/index/bulk', '/search', '/evaluate']
+PREPROCESSED_ENDPOINTS = ['/train', '/index', '/index/bulk', '/search', '/search/evaluate', '/evaluate']
 
 
 class Preprocessor(Executor):
@@ -86,6 +86,10 @@ class Preprocessor(Executor):
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._apply('/search', docs, parameters)
+
+    @requests(on='/search/evaluate')
+    def search_evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        return self._apply('/search/evaluate', docs, parameters)
 
     @requests(on='/evaluate')
     def evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:

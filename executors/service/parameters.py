@@ -34,6 +34,8 @@ ENDPOINT_PARAMETERS: Dict[str, Dict[str, type]] = {
     '/model/activate': {'version': int},
     '/model/missing': {'version': int, 'limit': int},
     '/model/status': {},
+    '/model/rollback': {'version': int},
+    '/search/evaluate': {'k': int, 'filter': dict},
 }
 
 

@@ -20,12 +20,12 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from executors.models.inference import embed
-from executors.errors import ConflictError, InputError, positive_int
 from executors.data.document_store import DocumentStore, StoredDoc
+from executors.errors import ConflictError, InputError, positive_int
 from executors.evaluation.metrics import evaluate_embeddings
-from executors.models import ModelStore, build_model
 from executors.evaluation.plots import plot_history
+from executors.models import ModelStore, build_model
+from executors.models.inference import embed
 from executors.tuner.callbacks import Callback
 from executors.tuner.data import to_labeled_items
 from executors.tuner.losses import get_loss

@@ -14,8 +14,14 @@ from sklearn.datasets import make_swiss_roll
 from executors.data.schema import Doc, DocList, Report
 from executors.search.results import matches
 from executors.service.flow_process import FlowProcess
-from tests.integration.search_helpers import (MODEL, SearchFlow, assert_answers_match, brute_force, grpc_error_message,
-                                              publish_versions)
+from tests.integration.search_helpers import (
+    MODEL,
+    SearchFlow,
+    assert_answers_match,
+    brute_force,
+    grpc_error_message,
+    publish_versions,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)

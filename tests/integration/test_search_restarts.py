@@ -27,14 +27,13 @@ def _serving(flow):
 
 
 def test_restart_serves_the_indexed_version_not_the_store_pointer(tmp_path):
-    store = publish_versions(tmp_path, current=1)
+    store = publish_versions(tmp_path, current=1)  # version 2 is published but not promoted
     flow = SearchFlow(tmp_path).start()
     ids, points, queries = [f'r{i}' for i in range(80)], _points(80, 0), _points(10, 1)
     try:
         empty = flow.search(queries, limit=5)  # nothing indexed yet: empty answers, not an error
         assert [a.match_ids for a in empty] == [[]] * 10
         flow.index(ids, points)
-        store.set_current(MODEL, 2)  # a fit published version 2; nobody swapped it in
         flow.kill9()
         flow.start()
         assert _serving(flow) == (1, 1)
@@ -44,21 +43,29 @@ def test_restart_serves_the_indexed_version_not_the_store_pointer(tmp_path):
         flow.index(['r80'], _points(1, 2))  # indexing works too
         assert flow.count() == 81
 
-        assert hot_swap(flow.grpc, version=2)['version'] == 2
-        assert hot_swap(flow.grpc, version=1)['version'] == 1  # back to the older version
+        assert hot_swap(flow.grpc, version=2)['version'] == 2  # an operator's swap; the store still says 1
         flow.stop()
         flow.start()
-        assert _serving(flow) == (1, 1) and store.current_version(MODEL) == 2
+        assert _serving(flow) == (2, 2) and store.current_version(MODEL) == 1
         answers = flow.search(queries, limit=5)
-        assert {a.model_version for a in answers} == {1}
-        assert_answers_match(answers, ids + ['r80'], brute_force(store, 1, np.vstack([points, _points(1, 2)]),
-                                                                 queries, 5)[2], 5)
+        assert {a.model_version for a in answers} == {2}
+        all_points = np.vstack([points, _points(1, 2)])
+        assert_answers_match(answers, ids + ['r80'], brute_force(store, 2, all_points, queries, 5)[2], 5)
+        flow.kill9()
+        flow.start()
+        assert _serving(flow) == (2, 2)
+        assert hot_swap(flow.grpc, version=1)['version'] == 1  # and back
+        flow.kill9()
+        flow.start()
+        assert _serving(flow) == (1, 1)
+        assert_answers_match(flow.search(queries, limit=5), ids + ['r80'],
+                             brute_force(store, 1, all_points, queries, 5)[2], 5)
     finally:
         flow.stop()
 
 
 def test_sigkill_during_indexing_deleting_and_swapping_loses_nothing_acknowledged(tmp_path):
-    store = publish_versions(tmp_path, current=1)
+    publish_versions(tmp_path, current=1)
     flow = SearchFlow(tmp_path).start()
     acked, deleted, in_flight, errors = [], set(), set(), []
     stop = threading.Event()

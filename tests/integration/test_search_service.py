@@ -7,8 +7,13 @@ import pytest
 from sklearn.datasets import make_swiss_roll
 
 from executors.data.schema import Doc, DocList, Report
-from tests.integration.search_helpers import (SearchFlow, assert_answers_match, brute_force, grpc_error_message,
-                                              publish_versions)
+from tests.integration.search_helpers import (
+    SearchFlow,
+    assert_answers_match,
+    brute_force,
+    grpc_error_message,
+    publish_versions,
+)
 
 pytestmark = pytest.mark.timeout(600)
 

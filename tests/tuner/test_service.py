@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from executors.errors import InputError
 from executors.data.document_store import StoredDoc
+from executors.errors import InputError
 from executors.models import ModelStore
 from executors.tuner.service import TrainingService, stratified_split
 
