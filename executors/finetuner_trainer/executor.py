@@ -20,14 +20,16 @@ class FinetunerTrainer(Executor):
 
     ``store_dir``: the model store shared with the search flow; ``model_name``; ``model``: the
     base model's builder spec, published as version 1 when the store has none;
-    ``preprocessing``: recorded in each version's ``model.json``; ``fit_defaults``: defaults
-    for the ``/fit`` options; ``promotion``: the gate a fitted version must pass to become the
-    store's current (promoted) version, e.g. ``{"metric": "mAP", "min_delta": 0.0}`` (see
+    ``input_transform``: the base model's input transform spec (e.g. ``{'modality': 'image',
+    'size': [224, 224]}``), stored in version 1's ``model.json`` and inherited by tuned versions;
+    every fit and evaluation runs the transform of the version it uses. ``fit_defaults``:
+    defaults for the ``/fit`` options; ``promotion``: the gate a fitted version must pass to become
+    the store's current (promoted) version, e.g. ``{"metric": "mAP", "min_delta": 0.0}`` (see
     :class:`executors.tuner.service.PromotionGate`).
     """
 
     def __init__(self, store_dir: str = 'models', model_name: str = 'model', model: Optional[Dict] = None,
-                 preprocessing: Optional[Dict] = None, fit_defaults: Optional[Dict] = None, seed: int = 0,
+                 input_transform: Optional[Dict] = None, fit_defaults: Optional[Dict] = None, seed: int = 0,
                  promotion: Optional[Dict] = None, **kwargs):
         super().__init__(**kwargs)
         if model is None:
@@ -35,7 +37,7 @@ class FinetunerTrainer(Executor):
                              '{"builder": "mlp", "kwargs": {"layer_sizes": [3, 6, 6, 6]}} in uses_with')
         workspace = Path(self.workspace or 'workspace')
         self.service = TrainingService(ModelStore(store_dir), model_name, model, workspace,
-                                       preprocessing=preprocessing, seed=seed, fit_defaults=fit_defaults,
+                                       input_transform=input_transform, seed=seed, fit_defaults=fit_defaults,
                                        promotion=promotion)
 
     @requests(on='/train')
