@@ -219,7 +219,7 @@ def part_approximate(work, args):
         rows_out = []
         with FlowProcess(yml, flow_dir, free_ports=True) as flow:
             client = Client(port=flow.ports['grpc'])
-            index_s, _ = timed(lambda: [client.post('/index/bulk', [b]) for b in bulk_batches(ids, data, batch_size=2000)])
+            index_s, _ = timed(lambda: [client.post('/index/bulk', [b]) for b in bulk_batches(ids, data, batch_size=1000)])
             for value in values:
                 params = (faiss.SearchParametersHNSW(efSearch=value) if setting == 'efSearch'
                           else faiss.SearchParametersIVF(nprobe=value))
