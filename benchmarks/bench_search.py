@@ -63,7 +63,7 @@ def clustered(n, dim, clusters, seed, spread=1.0):
 def publish(cwd, name, dim):
     store = ModelStore(Path(cwd) / 'workspace' / 'models')
     model = build_model({'builder': 'mlp', 'kwargs': {'layer_sizes': [dim, dim]}}, seed=0)
-    store.publish(name, model, {'preprocessing': {'modality': 'vector', 'dim': dim}})
+    store.publish(name, model)
     return model
 
 

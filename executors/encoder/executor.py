@@ -1,4 +1,5 @@
-"""Encoder: embeds docs with the search flow's serving model version and stamps ``doc.model_version``."""
+"""Encoder: embeds decoded docs with the search flow's serving model version, through that version's
+own input transform (loaded from its ``model.json``), and stamps ``doc.model_version``."""
 from typing import Dict, Optional
 
 import numpy as np

@@ -48,7 +48,8 @@ def _same_content(doc: Doc, stored: StoredDoc) -> bool:
 
 
 class Indexer(Executor):
-    """``/index`` stores docs (one per item, upsert by id) and ``/index/bulk`` stores :class:`Batch`
+    """``/index`` stores docs (one per item, upsert by id, with their decoded values so any version can
+    re-embed them) and ``/index/bulk`` stores :class:`Batch`
     columns; ``/search`` answers each query with ``match_ids``, ``match_scores`` and ``match_fields``
     (parameters ``limit`` default 10, ``fields`` default ``['label']``, ``nprobe``/``efSearch``, and
     ``filter`` on label and tags, applied inside the search: see :mod:`executors.search.filters`).

@@ -3,7 +3,7 @@
 ``SearchIndex(workspace, index_factory='Flat', metric='cosine')`` keeps
 
 * ``docs.sqlite`` (:class:`DocumentStore`, WAL): the source of truth. Every indexed document
-  (id, label, text, uri, tags, re-embeddable tensor) and, in the same transaction, its
+  (id, label, text, uri, tags, decoded tensor) and, in the same transaction, its
   embedding per model version with an increasing sequence number. A write is acknowledged
   once that transaction has committed, so acknowledged documents survive a SIGKILL;
 * one :class:`FaissIndex` generation per model version in memory, of the configured

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from executors.data.transforms import TransformCollate, transform_of
 from executors.models.inference import to_device
 from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
@@ -263,7 +264,9 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     scheduler steps every batch or every epoch (``scheduler_step``).
     ``num_items_per_class``: sample batches of ``batch_size // m`` classes with ``m`` items each.
     ``preprocess_fn(content) -> input`` runs per item and batch (augmentation lives here);
-    ``collate_fn(list_of_inputs) -> batch`` builds the model input.
+    ``collate_fn(list_of_inputs) -> batch`` builds the model input. When neither is given and the
+    model carries an input transform (:mod:`executors.data.transforms`), batches are
+    ``transform.batch(...)``, augmented for training batches only (:class:`TransformCollate`).
     ``mixed_precision``: fp16 autocast + grad scaling on CUDA (default there), bf16 autocast on CPU.
     ``seed``: deterministic runs on CPU. After each epoch with ``eval_data`` the validation loss
     and leave-one-out retrieval metrics at ``eval_k`` land in ``tuner.state.metrics``.
@@ -299,6 +302,9 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
                          '(preprocess once with the Preprocessor to make input loading cheap)')
     if seed is not None:
         seed_everything(seed)
+    if preprocess_fn is None and collate_fn is None and transform_of(model) is not None:
+        # the model's own input transform; augments while the model is in train mode (training batches)
+        collate_fn = TransformCollate(transform_of(model), model, np.random.default_rng(seed))
     train_items = to_labeled_items(train_data)
     eval_items = to_labeled_items(eval_data, field='eval_data') if eval_data is not None else None
     if eval_items is not None and len(eval_items) < 2:

@@ -22,7 +22,7 @@ DIM = 8
 def _publish(cwd):
     store = ModelStore(cwd / 'workspace' / 'models')
     store.publish('m', build_model({'builder': 'mlp', 'kwargs': {'layer_sizes': [DIM, 16, DIM]}}, seed=0),
-                  {'preprocessing': {'modality': 'vector', 'dim': DIM}})
+                  {})
 
 
 def _points(n, seed):
@@ -94,7 +94,7 @@ def test_bulk_and_per_document_ingest_store_the_same_and_bad_batches_are_refused
         ({'ids': ['a', 'a'], 'tensor': np.ones((2, DIM)).tolist()}, 'docs[0].ids: ids in a batch must be unique'),
         ({'ids': ['a'], 'tensor': np.ones((1, DIM)).tolist(), 'labels': ['x', 'y']},
          'docs[0].labels: expected 1 values (one per id), got 2'),
-        ({'ids': ['a'], 'tensor': np.ones((1, DIM + 1)).tolist()}, 'row 0'),
+        ({'ids': ['a'], 'tensor': np.ones((1, DIM + 1)).tolist()}, "(a /index/bulk batch), docs[0] (id 'a')"),
     ]:
         response = httpx.post(f'{url}/index/bulk', json={'data': [batch]}, timeout=60)
         assert response.status_code >= 400 and message in response.text, response.text
