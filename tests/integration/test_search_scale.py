@@ -12,7 +12,7 @@ from jina import Client
 from executors.data.schema import Batch, Doc, DocList
 from executors.models import ModelStore, build_model
 from executors.search.flow_config import search_flow_yaml
-from executors.search.results import bulk_batches, matches
+from executors.search.results import bulk_batches, bulk_matches, matches
 from executors.service.flow_process import FlowProcess
 
 pytestmark = pytest.mark.timeout(900)
@@ -76,6 +76,16 @@ def test_two_shards_answer_with_the_same_ids_as_one(flows):
     assert [d.match_ids for d in one] == [d.match_ids for d in two]
     assert np.allclose(np.stack([d.match_scores for d in one]), np.stack([d.match_scores for d in two]), atol=1e-6)
     assert [m['label'] for m in matches(two[0])] == [labels[int(i[1:])] for i in one[0].match_ids]
+    # the columnar query path answers the same, sharded or not
+    for name in ('one', 'two'):
+        answers = flows[f'{name}_grpc'].post('/search/bulk', list(bulk_batches(None, queries, batch_size=16)),
+                                             parameters={'limit': 10, 'fields': ['label']}, request_size=1,
+                                             return_type=DocList[Batch])
+        rows = [row for answer in answers for row in bulk_matches(answer)]
+        assert [[m['id'] for m in row] for row in rows] == [d.match_ids for d in one]
+        assert np.allclose([[m['score'] for m in row] for row in rows], np.stack([d.match_scores for d in one]),
+                           atol=1e-6)
+        assert [m['label'] for m in rows[0]] == one[0].match_fields['label']
 
 
 def test_bulk_and_per_document_ingest_store_the_same_and_bad_batches_are_refused(flows):
