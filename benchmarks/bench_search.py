@@ -206,8 +206,8 @@ def part_approximate(work, args):
     n, dim = args.large_n, 128
     print(f'== {n:,} x {dim} clustered: HNSW32 and IVF1024,Flat ==', flush=True)
     model = publish(work, 'bench128', dim)
-    data = clustered(n, dim, 1000, 2)
-    queries = clustered(args.queries, dim, 1000, 3)
+    data = clustered(n, dim, 1000, 2, spread=args.spread)
+    queries = clustered(args.queries, dim, 1000, 3, spread=args.spread)
     ids = [f'p{i}' for i in range(n)]
     vectors = embed(list(data), model, batch_size=8192)
     faiss.normalize_L2(vectors)
@@ -256,6 +256,7 @@ def main(argv=None):
     parser.add_argument('--large-n', type=int, default=100_000, help='points of the HNSW/IVF part (0: skip it)')
     parser.add_argument('--ef', type=int, nargs='+', default=[16, 64, 256])
     parser.add_argument('--nprobe', type=int, nargs='+', default=[4, 16, 64])
+    parser.add_argument('--spread', type=float, default=0.5, help='scale of the cluster centres in part 3 (unit noise)')
     parser.add_argument('--bulk-batch', type=int, default=1000, help='queries per call in part 3')
     parser.add_argument('--parts', default='flat,approximate', help='comma-separated: flat, approximate')
     parser.add_argument('--out', default=str(REPO / 'results' / 'bench_search.json'))
