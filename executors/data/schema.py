@@ -79,9 +79,12 @@ class Doc(BaseDoc):
 
 
 class Batch(BaseDoc):
-    """``N`` items in columns for ``/index/bulk``: ``ids`` ``[N]``, ``tensor`` ``[N, ...]`` (one
-    model input per row), optional ``labels`` ``[N]`` and ``tags`` ``[N]``. The Encoder fills
-    ``embedding`` ``[N, D]`` and ``model_version`` (and the candidate pair during a swap)."""
+    """``N`` items in columns for ``/index/bulk`` and ``/search/bulk``: ``ids`` ``[N]`` (optional
+    for queries), ``tensor`` ``[N, ...]`` (one raw value per row), optional ``labels`` ``[N]`` and
+    ``tags`` ``[N]``. The Encoder fills ``embedding`` ``[N, D]`` and ``model_version`` (and the
+    candidate pair during a swap). A ``/search/bulk`` answer holds ``match_ids`` ``[N * k]`` (row
+    by row, ``''`` pads a row with fewer matches), ``match_scores`` ``[N, k]`` (0 pads),
+    ``match_counts`` ``[N]`` and ``match_fields`` (``{field: [N * k values]}``)."""
 
     ids: List[str] = []
     tensor: Optional[NdArray] = None
@@ -92,6 +95,10 @@ class Batch(BaseDoc):
     candidate_embedding: Optional[NdArray] = None
     candidate_version: Optional[int] = None
     num_indexed: Optional[int] = None
+    match_ids: List[str] = []
+    match_scores: Optional[NdArray] = None
+    match_counts: Optional[NdArray] = None
+    match_fields: Dict[str, Any] = {}
 
 
 class Report(BaseDoc):

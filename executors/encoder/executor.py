@@ -95,6 +95,20 @@ class Encoder(Executor):
             batch.candidate_embedding, batch.candidate_version = candidate_vectors, candidate
         return docs
 
+    @requests(on='/search/bulk')
+    def search_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        validate_parameters('/search/bulk', parameters)
+        require_docs('/search/bulk', docs)
+        self._follow_index()
+        for batch in docs:
+            if batch.tensor is None:
+                raise InputError('docs.tensor: a /search/bulk batch needs tensor [N, ...] with one query per row')
+            self.limits.check_count('/search/bulk', len(batch.tensor))
+            vectors, version = self.encoder.embed(list(np.asarray(batch.tensor)))
+            assign(batch, embedding=vectors, model_version=version, tensor=None,
+                   candidate_embedding=None, candidate_version=None)
+        return docs
+
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._embed('/search', docs, parameters)

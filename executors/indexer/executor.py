@@ -155,26 +155,54 @@ class Indexer(Executor):
             batch.tensor = batch.embedding = batch.candidate_embedding = None
         return docs
 
-    @requests(on='/search')
-    def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
-        options = validate_parameters('/search', parameters)
-        require_docs('/search', docs)
-        self.limits.check_count('/search', len(docs))
+    def _search_options(self, endpoint: str, parameters: Dict):
+        options = validate_parameters(endpoint, parameters)
         limit = self.limits.check_limit('parameters.limit', options.get('limit', DEFAULT_LIMIT))
         fields = options.get('fields', DEFAULT_FIELDS)
         if not all(isinstance(f, str) for f in fields) or set(fields) - set(STORED_FIELDS):
             raise InputError(f'parameters.fields: expected a list of {", ".join(STORED_FIELDS)}, got {fields!r}')
+        search_params = {k: options[k] for k in ('nprobe', 'efSearch') if k in options}
+        return options, limit, fields, search_params
+
+    @requests(on='/search')
+    def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        options, limit, fields, search_params = self._search_options('/search', parameters)
+        require_docs('/search', docs)
+        self.limits.check_count('/search', len(docs))
         versions = {d.model_version for d in docs}
         if None in versions or len(versions) > 1:
             raise InputError('docs.model_version: every query must be embedded by one model version; '
                              'run queries through the Encoder')
         queries = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
-        search_params = {k: options[k] for k in ('nprobe', 'efSearch') if k in options}
         hits = self.index.search(queries, versions.pop(), limit, allowed_rows=self._allowed_rows(options),
                                  search_params=search_params, fields=fields)
         for i, doc in enumerate(docs):
             assign(doc, match_ids=hits.ids[i], match_scores=hits.scores[i],
                    match_fields={name: hits.fields[name][i] for name in fields},
+                   tensor=None, embedding=None, candidate_embedding=None, candidate_version=None)
+        return docs
+
+    @requests(on='/search/bulk')
+    def search_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        """Query columns in, matches as columns out (see :class:`Batch`): no document per query."""
+        options, limit, fields, search_params = self._search_options('/search/bulk', parameters)
+        require_docs('/search/bulk', docs)
+        allowed = self._allowed_rows(options)
+        for batch in docs:
+            if batch.embedding is None or batch.model_version is None:
+                raise InputError('docs.embedding: missing; run the batch through the Encoder before the Indexer')
+            hits = self.index.search(np.asarray(batch.embedding, dtype=np.float32), batch.model_version, limit,
+                                     allowed_rows=allowed, search_params=search_params, fields=fields)
+            counts = np.asarray([len(ids) for ids in hits.ids], dtype=np.int64)
+            scores = np.zeros((len(counts), limit), dtype=np.float32)
+            flat_ids, flat_fields = [], {name: [] for name in fields}
+            for i, ids in enumerate(hits.ids):
+                pad = limit - len(ids)
+                scores[i, :len(ids)] = hits.scores[i]
+                flat_ids += ids + [''] * pad
+                for name in fields:
+                    flat_fields[name] += hits.fields[name][i] + [None] * pad
+            assign(batch, match_ids=flat_ids, match_scores=scores, match_counts=counts, match_fields=flat_fields,
                    tensor=None, embedding=None, candidate_embedding=None, candidate_version=None)
         return docs
 

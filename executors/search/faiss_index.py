@@ -275,16 +275,17 @@ class FaissIndex:
         return out_rows, out_scores
 
     # --- persistence --------------------------------------------------------------------------------------
-    def to_bytes(self) -> Tuple[bytes, Dict[str, np.ndarray]]:
-        """``(FAISS index bytes, arrays)`` for a snapshot (``faiss.serialize_index``, no pickle)."""
+    def serialized(self) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """``(FAISS index as uint8 [bytes], slot arrays)`` for a snapshot (``faiss.serialize_index``,
+        one copy of the index; no pickle)."""
         index = self.exact if self.exact is not None else self.index
-        return (faiss.serialize_index(index).tobytes(),
+        return (faiss.serialize_index(index),
                 {'row_of_slot': self.row_of_slot[:self.num_slots], 'live': self.live[:self.num_slots]})
 
     @classmethod
-    def from_bytes(cls, blob: bytes, arrays: Dict[str, np.ndarray], factory: str, metric: str,
+    def deserialized(cls, blob: np.ndarray, arrays: Dict[str, np.ndarray], factory: str, metric: str,
                    train_threshold: Optional[int] = None, compact_fraction: float = 0.2) -> 'FaissIndex':
-        loaded = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        loaded = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
         self = cls(loaded.d, factory, metric, train_threshold, compact_fraction)
         if self.exact is not None and loaded.is_trained and not isinstance(loaded, faiss.IndexFlat):
             self.exact = None

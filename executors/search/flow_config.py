@@ -1,7 +1,7 @@
 """Variants of ``flows/search.yml`` for other vector sizes, index types and shard counts.
 
 ``search_flow_yaml(out_dir, dim=384, shards=2, index_factory='HNSW32')`` writes a copy of the
-search flow whose Preprocessor checks ``dim``-sized vectors, whose Encoder serves ``model_name``
+search flow whose Preprocessor decodes ``dim``-sized vectors, whose Encoder serves ``model_name``
 from ``store_dir`` and whose Indexer uses the given FAISS settings, sharded with ``polling: ALL``
 and the :class:`~executors.shard_merger.ShardMerger` after the shards when ``shards > 1``.
 """
@@ -19,7 +19,7 @@ def search_flow_config(dim: int = 3, model_name: str = 'swiss-roll-mlp', store_d
     """The search flow's config as a dict (see module docstring)."""
     config = yaml.safe_load((REPO / 'flows' / 'search.yml').read_text())
     by_name = {e['name']: e for e in config['executors']}
-    by_name['preprocessor']['uses_with']['preprocessing'] = {'modality': 'vector', 'dim': int(dim)}
+    by_name['preprocessor']['uses_with']['decoding'] = {'modality': 'vector', 'dim': int(dim)}
     by_name['encoder']['uses_with'].update(store_dir=store_dir, model_name=model_name)
     index = by_name['indexer']
     index.setdefault('uses_with', {}).update(indexer or {})

@@ -115,7 +115,7 @@ class SearchIndex:
             try:
                 with np.load(path, allow_pickle=False) as data:
                     if str(data['factory']) == self.settings['factory'] and str(data['metric']) == self.settings['metric']:
-                        generation = FaissIndex.from_bytes(data['index'].tobytes(), data, **self.settings)
+                        generation = FaissIndex.deserialized(data['index'], data, **self.settings)
                         seq = int(data['seq'])
             except (OSError, ValueError, KeyError, RuntimeError) as e:  # a torn or stale snapshot: rebuild
                 log.warning('snapshot %s unusable (%s); rebuilding generation %s from the store', path, e, version)
@@ -151,12 +151,12 @@ class SearchIndex:
                 with self._lock:  # a consistent copy; the file is written outside the lock
                     if version not in self.generations:
                         continue
-                    blob, arrays = self.generations[version].to_bytes()
+                    blob, arrays = self.generations[version].serialized()
                     seq = self.store.last_seq()
                     self._dirty.discard(version)
                 path = self._snapshot_path(version)
                 tmp = path.with_name(path.stem + '.tmp.npz')
-                np.savez(tmp, index=np.frombuffer(blob, dtype=np.uint8), seq=np.int64(seq),
+                np.savez(tmp, index=blob, seq=np.int64(seq),
                          factory=np.str_(self.settings['factory']), metric=np.str_(self.settings['metric']), **arrays)
                 with self._lock:
                     if version in self.generations:

@@ -24,6 +24,7 @@ ENDPOINT_PARAMETERS: Dict[str, Dict[str, type]] = {
     '/index': {},
     '/index/bulk': {},
     '/search': {'limit': int, 'filter': dict, 'nprobe': int, 'efSearch': int, 'fields': list},
+    '/search/bulk': {'limit': int, 'filter': dict, 'nprobe': int, 'efSearch': int, 'fields': list},
     '/update': {},
     '/delete': {'ids': list},
     '/get': {'ids': list},

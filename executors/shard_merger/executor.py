@@ -7,9 +7,10 @@ This executor receives every shard's answer (``docs_matrix``) and merges them wi
 """
 from typing import Dict, List, Optional
 
+import numpy as np
 from jina import Executor, requests
 
-from executors.data.schema import Batch, Doc, DocList, Report, report
+from executors.data.schema import Batch, Doc, DocList, Report, assign, report
 from executors.search.shards import merge_top_k
 
 SUMMED = ('num_docs', 'reindexed', 'missing')
@@ -46,6 +47,36 @@ class ShardMerger(Executor):
             answers = [(m[position].match_ids, m[position].match_scores if m[position].match_scores is not None
                         else [], m[position].match_fields) for m in matrix]
             doc.match_ids, doc.match_scores, doc.match_fields = merge_top_k(answers, limit)
+        return merged
+
+    @requests(on='/search/bulk')
+    def search_bulk(self, docs: DocList[Batch], docs_matrix: Optional[List[DocList[Batch]]], parameters: Dict,
+                    **kwargs) -> DocList[Batch]:
+        matrix = [m for m in (docs_matrix or []) if m is not None]
+        if not matrix:
+            return DocList[Batch]()
+        limit = int(parameters.get('limit', 10))
+        merged = matrix[0]
+        for position, batch in enumerate(merged):
+            shards = [m[position] for m in matrix]
+            flat_ids, flat_fields, counts = [], {name: [] for name in batch.match_fields}, []
+            scores = np.zeros((len(batch.match_counts), limit), dtype=np.float32)
+            for row in range(len(batch.match_counts)):
+                answers = []
+                for shard in shards:
+                    n = int(shard.match_counts[row])
+                    start = row * limit
+                    answers.append((shard.match_ids[start:start + n], np.asarray(shard.match_scores)[row, :n],
+                                    {k: v[start:start + n] for k, v in shard.match_fields.items()}))
+                ids, row_scores, fields = merge_top_k(answers, limit)
+                pad = limit - len(ids)
+                counts.append(len(ids))
+                scores[row, :len(ids)] = row_scores
+                flat_ids += ids + [''] * pad
+                for name in flat_fields:
+                    flat_fields[name] += fields[name] + [None] * pad
+            assign(batch, match_ids=flat_ids, match_scores=scores, match_counts=np.asarray(counts, dtype=np.int64),
+                   match_fields=flat_fields)
         return merged
 
     @requests(on='/index')

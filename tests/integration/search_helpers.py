@@ -23,7 +23,7 @@ def publish_versions(cwd, seeds=(0, 1), current=1) -> ModelStore:
     store = ModelStore(Path(cwd) / 'workspace' / 'models')
     for seed in seeds:
         store.publish(MODEL, build_model(SPEC, seed=seed),
-                      {'stage': 'initial', 'parent': None, 'preprocessing': {'modality': 'vector', 'dim': 3}})
+                      {'stage': 'initial', 'parent': None})
     store.set_current(MODEL, current)
     return store
 

@@ -12,7 +12,7 @@ from jina import Client
 from executors.data.schema import Batch, Doc, DocList
 from executors.models import ModelStore, build_model
 from executors.search.flow_config import search_flow_yaml
-from executors.search.results import bulk_batches, matches
+from executors.search.results import bulk_batches, bulk_matches, matches
 from executors.service.flow_process import FlowProcess
 
 pytestmark = pytest.mark.timeout(900)
@@ -22,7 +22,7 @@ DIM = 8
 def _publish(cwd):
     store = ModelStore(cwd / 'workspace' / 'models')
     store.publish('m', build_model({'builder': 'mlp', 'kwargs': {'layer_sizes': [DIM, 16, DIM]}}, seed=0),
-                  {'preprocessing': {'modality': 'vector', 'dim': DIM}})
+                  {})
 
 
 def _points(n, seed):
@@ -76,6 +76,16 @@ def test_two_shards_answer_with_the_same_ids_as_one(flows):
     assert [d.match_ids for d in one] == [d.match_ids for d in two]
     assert np.allclose(np.stack([d.match_scores for d in one]), np.stack([d.match_scores for d in two]), atol=1e-6)
     assert [m['label'] for m in matches(two[0])] == [labels[int(i[1:])] for i in one[0].match_ids]
+    # the columnar query path answers the same, sharded or not
+    for name in ('one', 'two'):
+        answers = flows[f'{name}_grpc'].post('/search/bulk', list(bulk_batches(None, queries, batch_size=16)),
+                                             parameters={'limit': 10, 'fields': ['label']}, request_size=1,
+                                             return_type=DocList[Batch])
+        rows = [row for answer in answers for row in bulk_matches(answer)]
+        assert [[m['id'] for m in row] for row in rows] == [d.match_ids for d in one]
+        assert np.allclose([[m['score'] for m in row] for row in rows], np.stack([d.match_scores for d in one]),
+                           atol=1e-6)
+        assert [m['label'] for m in rows[0]] == one[0].match_fields['label']
 
 
 def test_bulk_and_per_document_ingest_store_the_same_and_bad_batches_are_refused(flows):
@@ -94,7 +104,7 @@ def test_bulk_and_per_document_ingest_store_the_same_and_bad_batches_are_refused
         ({'ids': ['a', 'a'], 'tensor': np.ones((2, DIM)).tolist()}, 'docs[0].ids: ids in a batch must be unique'),
         ({'ids': ['a'], 'tensor': np.ones((1, DIM)).tolist(), 'labels': ['x', 'y']},
          'docs[0].labels: expected 1 values (one per id), got 2'),
-        ({'ids': ['a'], 'tensor': np.ones((1, DIM + 1)).tolist()}, 'row 0'),
+        ({'ids': ['a'], 'tensor': np.ones((1, DIM + 1)).tolist()}, "(a /index/bulk batch), docs[0] (id 'a')"),
     ]:
         response = httpx.post(f'{url}/index/bulk', json={'data': [batch]}, timeout=60)
         assert response.status_code >= 400 and message in response.text, response.text

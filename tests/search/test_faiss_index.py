@@ -135,8 +135,8 @@ def test_compacted_and_serialised_indexes_answer_the_same(factory):
     before = _exactish(index, queries)[0]
     fresh = index.compacted(rows[100:], vectors[100:])
     assert fresh.tombstones == 0 and fresh.size == index.size
-    blob, arrays = index.to_bytes()
-    loaded = FaissIndex.from_bytes(blob, arrays, factory, 'cosine', 400)
+    blob, arrays = index.serialized()
+    loaded = FaissIndex.deserialized(blob, arrays, factory, 'cosine', 400)
     assert loaded.size == index.size and loaded.tombstones == index.tombstones
     assert np.array_equal(_exactish(loaded, queries)[0], before)
     if factory != 'IVF8,PQ4':

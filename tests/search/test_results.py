@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from executors.data.schema import Batch, Doc, DocList
-from executors.search.results import bulk_batches, matches
+from executors.search.results import bulk_batches, bulk_matches, matches
 from executors.search.shards import merge_top_k, shard_of
 
 
@@ -70,3 +70,15 @@ def test_assign_sets_typed_fields_that_serialise_like_validated_ones():
     assert json.loads(doc.model_dump_json()) == json.loads(validated.model_dump_json())
     with pytest.raises(AttributeError, match="Doc has no field 'nope'"):
         assign(doc, nope=1)
+
+
+def test_bulk_matches_reads_padded_columns():
+    answer = Batch(match_ids=['a', 'b', 'c', ''], match_scores=np.array([[0.9, 0.1], [0.5, 0]], np.float32),
+                   match_counts=np.array([2, 1]), match_fields={'label': ['x', 'y', 'z', None]})
+    back = DocList[Batch].from_protobuf(DocList[Batch]([answer]).to_protobuf())[0]
+    for got in (bulk_matches(back), bulk_matches(json.loads(answer.model_dump_json()))):
+        assert [[m['id'] for m in row] for row in got] == [['a', 'b'], ['c']]
+        assert [[m['label'] for m in row] for row in got] == [['x', 'y'], ['z']]
+        assert np.isclose(got[0][1]['score'], 0.1) and np.isclose(got[1][0]['score'], 0.5)
+    queries = list(bulk_batches(None, np.ones((5, 2)), batch_size=2))
+    assert [len(b.tensor) for b in queries] == [2, 2, 1] and queries[0].ids == []
