@@ -79,7 +79,9 @@ class SearchFlow:
     def snapshot(self) -> dict:
         """What a bad request must not change: stored docs and the serving versions."""
         status = self.status()
-        return {'count': self.count(), 'indexer': status['indexer'],
+        indexer = {k: v for k, v in status['indexer'].items() if k != 'peak_rss_mb'}  # memory use varies
+        return {'count': self.count(), 'indexer': indexer,
+                'lifecycle': {k: status.get('lifecycle', {}).get(k) for k in ('serving', 'building', 'promoted')},
                 'encoder': {k: v for k, v in status['encoder'].items() if k != 'store_current_version'}}
 
 
