@@ -278,5 +278,12 @@ class DocumentStore:
             return dict(self._db.execute(
                 'SELECT label, COUNT(*) FROM docs WHERE label IS NOT NULL GROUP BY label').fetchall())
 
+    def label_counts_where(self, condition: str, args: Sequence) -> Dict[str, int]:
+        """:meth:`label_counts` among the docs that satisfy a compiled filter condition."""
+        with self._lock:
+            return dict(self._db.execute(
+                f'SELECT label, COUNT(*) FROM docs WHERE label IS NOT NULL AND ({condition}) GROUP BY label',
+                tuple(args)).fetchall())
+
     def close(self) -> None:
         self._db.close()

@@ -1,5 +1,5 @@
-"""Encoder: embeds decoded docs with the search flow's serving model version, through that version's
-own input transform (loaded from its ``model.json``), and stamps ``doc.model_version``."""
+"""Encoder: embeds decoded docs with the search flow's serving model version, through that
+version's own input transform (loaded from its ``model.json``), and stamps ``doc.model_version``."""
 from typing import Dict, Optional
 
 import numpy as np
@@ -11,6 +11,7 @@ from executors.errors import InputError
 from executors.models import ModelStore
 from executors.models.inference import doc_content
 from executors.models.serving import VersionedEncoder
+from executors.search.lifecycle import read_encoder_hint
 from executors.search.serving_state import read_serving_state
 from executors.service.limits import RequestLimits
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
@@ -21,7 +22,8 @@ class Encoder(Executor):
     ``/model/reindex`` (embed stored docs with the prepared version) and ``/model/activate``.
 
     ``index_dir``: the Indexer's index directory; the Encoder serves the version recorded there
-    (on start and whenever it changes, so every replica follows a swap), and the store's current
+    (on start and before every request, so every replica follows a swap, including the ones the
+    Indexer's :class:`executors.search.lifecycle.ModelFollower` runs), and the store's current
     version only for a new index. While a swap is prepared, ``/index`` docs are embedded by both
     versions (the candidate's in ``candidate_embedding``) so the Indexer's next generation stays
     complete. Embeddings and version stamps sent by a client are overwritten, never used.
@@ -42,9 +44,14 @@ class Encoder(Executor):
         e.g. to resume a swap that failed half-way)."""
         if self.index_dir is None:
             return
-        state = read_serving_state(self.index_dir)
-        if (force or state != self._followed) and state != (None, None):
-            self.encoder.follow(*state)
+        active, pending = read_serving_state(self.index_dir)
+        hint = read_encoder_hint(self.index_dir)
+        state = (active, pending, hint)
+        if (force or state != self._followed) and (active, pending) != (None, None):
+            if hint is not None and hint == pending:  # the pending generation is complete: embed with it alone
+                self.encoder.follow(pending, None)
+            else:
+                self.encoder.follow(active, pending)
         self._followed = state
 
     def _embed(self, endpoint: str, docs: DocList[Doc], parameters: Dict, both: bool = False) -> DocList[Doc]:
@@ -105,6 +112,11 @@ class Encoder(Executor):
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._embed('/search', docs, parameters)
+
+    @requests(on='/search/evaluate')
+    def search_evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        """Labelled queries for the Indexer's evaluation of the serving version."""
+        return self._embed('/search/evaluate', docs, parameters)
 
     @requests(on='/model/reindex')
     def reindex(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:

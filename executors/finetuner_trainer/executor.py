@@ -23,19 +23,22 @@ class FinetunerTrainer(Executor):
     ``input_transform``: the base model's input transform spec (e.g. ``{'modality': 'image',
     'size': [224, 224]}``), stored in version 1's ``model.json`` and inherited by tuned versions;
     every fit and evaluation runs the transform of the version it uses. ``fit_defaults``:
-    defaults for the ``/fit`` options.
+    defaults for the ``/fit`` options; ``promotion``: the gate a fitted version must pass to become
+    the store's current (promoted) version, e.g. ``{"metric": "mAP", "min_delta": 0.0}`` (see
+    :class:`executors.tuner.service.PromotionGate`).
     """
 
     def __init__(self, store_dir: str = 'models', model_name: str = 'model', model: Optional[Dict] = None,
                  input_transform: Optional[Dict] = None, fit_defaults: Optional[Dict] = None, seed: int = 0,
-                 **kwargs):
+                 promotion: Optional[Dict] = None, **kwargs):
         super().__init__(**kwargs)
         if model is None:
             raise InputError('model: FinetunerTrainer needs the base model spec, e.g. '
                              '{"builder": "mlp", "kwargs": {"layer_sizes": [3, 6, 6, 6]}} in uses_with')
         workspace = Path(self.workspace or 'workspace')
         self.service = TrainingService(ModelStore(store_dir), model_name, model, workspace,
-                                       input_transform=input_transform, seed=seed, fit_defaults=fit_defaults)
+                                       input_transform=input_transform, seed=seed, fit_defaults=fit_defaults,
+                                       promotion=promotion)
 
     @requests(on='/train')
     def train(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:

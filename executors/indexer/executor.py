@@ -7,9 +7,12 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.data.document_store import StoredDoc
-from executors.data.schema import Batch, Doc, DocList, Report, assign, report
+from executors.data.schema import Batch, Doc, DocList, Report, assign, doc_label, report
 from executors.errors import InputError, NotFoundError
+from executors.evaluation.metrics import label_relevance, retrieval_metrics
+from executors.models import ModelStore
 from executors.search.filters import compile_filter
+from executors.search.lifecycle import ModelFollower
 from executors.search.shards import shard_of
 from executors.search.vector_index import SearchIndex
 from executors.service.limits import RequestLimits
@@ -48,7 +51,7 @@ def _same_content(doc: Doc, stored: StoredDoc) -> bool:
 
 
 class Indexer(Executor):
-    """``/index`` stores docs (one per item, upsert by id, with their decoded values so any version can
+    """``/index`` stores docs (one per item, upsert by id, with their decoded values, so any version can
     re-embed them) and ``/index/bulk`` stores :class:`Batch`
     columns; ``/search`` answers each query with ``match_ids``, ``match_scores`` and ``match_fields``
     (parameters ``limit`` default 10, ``fields`` default ``['label']``, ``nprobe``/``efSearch``, and
@@ -68,7 +71,7 @@ class Indexer(Executor):
 
     def __init__(self, index_factory: str = 'Flat', metric: str = 'cosine', train_threshold: Optional[int] = None,
                  snapshot_interval: float = 60.0, index_dir: Optional[str] = None, limits: Optional[Dict] = None,
-                 **kwargs):
+                 follow_store: Optional[Dict] = None, **kwargs):
         super().__init__(**kwargs)
         self.limits = RequestLimits.from_config(limits)
         runtime = getattr(self, 'runtime_args', None)
@@ -81,8 +84,16 @@ class Indexer(Executor):
         runtime = getattr(self, 'runtime_args', None)
         self.shards = int(getattr(runtime, 'shards', 1) or 1)
         self.shard_id = int(getattr(runtime, 'shard_id', 0) or 0)
+        self.follower = None
+        if follow_store:
+            options = dict(follow_store)
+            store = ModelStore(options.pop('store_dir', 'models'))
+            model_name = options.pop('model_name', 'model')
+            self.follower = ModelFollower(self.index, store, model_name, **options)
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
         self.index.close()
         super().close()
 
@@ -313,6 +324,52 @@ class Indexer(Executor):
         validate_parameters('/model/status', parameters)
         return self._status(docs)
 
+    @requests(on='/model/rollback')
+    def rollback(self, parameters: Dict, **kwargs) -> DocList[Report]:
+        """Serve an earlier version (``version``, default the one served before the current one):
+        moves the model store's pointer back; the flow swaps to it in the background."""
+        options = validate_parameters('/model/rollback', parameters)
+        if self.follower is None:
+            raise InputError('/model/rollback: this Indexer does not follow the model store; set follow_store in '
+                             'its uses_with, or swap with `python -m executors.search.swap --version N`')
+        version = self.follower.rollback(options.get('version'))
+        return self._status(DocList[Report](), rollback_to=version)
+
+    @requests(on='/search/evaluate')
+    def evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
+        """Retrieval metrics of the serving version on labelled queries against the stored docs:
+        relevant = stored docs with the query's label; hit@k, precision@k, recall@k, mAP@k, NDCG@k
+        (``k`` default 10, optional ``filter``)."""
+        options = validate_parameters('/search/evaluate', parameters)
+        require_docs('/search/evaluate', docs)
+        self.limits.check_count('/search/evaluate', len(docs))
+        k = self.limits.check_limit('parameters.k', options.get('k', DEFAULT_LIMIT))
+        query_labels = [doc_label(d) for d in docs]
+        unlabelled = [i for i, label in enumerate(query_labels) if label is None]
+        if unlabelled:
+            raise InputError(f'docs[{unlabelled[0]}].label: missing; /search/evaluate needs labelled queries')
+        versions = {d.model_version for d in docs}
+        if None in versions or len(versions) > 1:
+            raise InputError('docs.model_version: every query must be embedded by one model version; '
+                             'run queries through the Encoder')
+        version = versions.pop()
+        queries = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
+        allowed = self._allowed_rows(options)
+        hits = self.index.search(queries, version, k, allowed_rows=allowed, fields=['label'])
+        labels = np.empty((len(docs), k), dtype=object)
+        for i, row in enumerate(hits.fields['label']):
+            labels[i, :len(row)] = row
+        relevance = label_relevance(np.asarray(query_labels, dtype=object), labels)
+        if allowed is None:
+            counts = self.index.store.label_counts()
+        else:
+            condition, args = compile_filter(options['filter'])
+            counts = self.index.store.label_counts_where(condition, args)
+        num_relevant = np.asarray([counts.get(label, 0) for label in query_labels])
+        metrics = retrieval_metrics(relevance, num_relevant, k, metrics=['hit', 'precision', 'recall', 'mAP', 'NDCG'])
+        return report({'model_version': version, 'k': k, 'num_queries': len(docs),
+                       'num_queries_with_relevant': int((num_relevant > 0).sum()), 'metrics': metrics})
+
     def _status(self, docs: DocList[Report], **extra) -> DocList[Report]:
         data = dict(docs[0].data) if len(docs) else {}
         data.update(extra)
@@ -321,4 +378,6 @@ class Indexer(Executor):
                            'pending_version': pending, 'generations': sorted(self.index.generations),
                            'pending_missing': None if pending is None else self.index.missing_count(pending),
                            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if self.follower is not None:
+            data['lifecycle'] = self.follower.status()
         return report(data)

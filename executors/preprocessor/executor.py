@@ -11,7 +11,8 @@ from executors.data.schema import Batch, Doc, DocList
 from executors.errors import InputError
 from executors.service.parameters import require_docs, validate_parameters
 
-PREPROCESSED_ENDPOINTS = ['/train', '/index', '/index/bulk', '/search', '/search/bulk', '/evaluate']
+PREPROCESSED_ENDPOINTS = ['/train', '/index', '/index/bulk', '/search', '/search/bulk', '/search/evaluate',
+                          '/evaluate']
 
 
 class Preprocessor(Executor):
@@ -94,6 +95,10 @@ class Preprocessor(Executor):
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._decode('/search', docs, parameters)
+
+    @requests(on='/search/evaluate')
+    def search_evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        return self._decode('/search/evaluate', docs, parameters)
 
     @requests(on='/evaluate')
     def evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:

@@ -13,7 +13,7 @@ values are strings, numbers or booleans. The compiled condition binds every valu
 as a parameter: nothing from a request becomes SQL text.
 """
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 from executors.errors import InputError
 

@@ -296,8 +296,9 @@ class SearchIndex:
             generation = self.generations.get(int(version))
             if allowed_rows is not None and len(allowed_rows) == 0:
                 return empty
-            if generation is None and int(version) in (self.active_version, self.pending_version) \
-                    and self.store.count() == 0:
+            if generation is None and (self.active_version is None or int(version) in (self.active_version,
+                                                                                        self.pending_version)) \
+                    and self.store.count() == 0:  # nothing indexed yet (a new index serves no version yet)
                 return empty
             if int(version) == self.pending_version and self.missing_count(version):
                 raise InputError(

@@ -11,6 +11,7 @@ exceptions stay 500. gRPC is Jina's gateway unchanged (errors carry their messag
 Use it in a Flow YAML: ``with: {uses: ServiceGateway, py_modules: [executors/service/gateway.py],
 protocol: [grpc, http], port: [...]}``.
 """
+import math
 import os
 from typing import Dict, List, Optional, Union
 
@@ -27,6 +28,23 @@ def _error_response(status) -> 'tuple[int, str]':
     args = list(status.exception.args)
     message = args[0] if len(args) == 1 else (status.description or 'error')
     return http_status_of(status.exception.name), message
+
+
+def non_finite_number(value, path: str = 'parameters'):
+    """The path of the first NaN/infinite number in ``value`` (nested dicts/lists), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite_number(item, f'{path}.{key}' if isinstance(key, str) else f'{path}[{key}]')
+        if found:
+            return found
+    return None
 
 
 def build_app(streamer, title: str, description: str, cors: bool, logger):
@@ -70,6 +88,10 @@ def build_app(streamer, title: str, description: str, cors: bool, logger):
         @app.post(f'/{endpoint.strip("/")}', summary=f'Endpoint {endpoint}', response_model=output_model,
                   response_class=DocArrayResponse)
         async def post(body: input_model):
+            bad = non_finite_number(body.parameters or {})
+            if bad:  # a protobuf Struct cannot carry it: say so instead of failing inside the flow
+                raise HTTPException(status_code=400, detail=f'{bad}: must be a finite number, got '
+                                                            f'{_value_at(body.parameters, bad)}')
             data = body.data if isinstance(body.data, list) else [body.data]
             docs = DocList[input_doc](data)
             header = body.header or Header()
@@ -96,6 +118,13 @@ def build_app(streamer, title: str, description: str, cors: bool, logger):
             continue
         add_route(endpoint, models['input'], models['output'])
     return app
+
+
+def _value_at(parameters, path: str):
+    value = parameters
+    for part in path.replace('[', '.').replace(']', '').split('.')[1:]:
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 class ServiceHTTPGateway(HTTPGateway):

@@ -35,6 +35,8 @@ ENDPOINT_PARAMETERS: Dict[str, Dict[str, type]] = {
     '/model/activate': {'version': int},
     '/model/missing': {'version': int, 'limit': int},
     '/model/status': {},
+    '/model/rollback': {'version': int},
+    '/search/evaluate': {'k': int, 'filter': dict},
 }
 
 

@@ -5,7 +5,8 @@ Jina-free: the executor only parses requests and calls :class:`TrainingService`.
 A fit (in a background thread, one at a time) loads the current model version, splits the
 collected docs into train and a stratified held-out eval part (``eval_fraction``), measures
 retrieval metrics on the eval part before and after tuning, and publishes the tuned model
-as a new version whose ``model.json`` records parent version, fit options, metrics
+as a new version (promoted to the store's CURRENT only if :class:`PromotionGate` finds it not
+worse than the promoted version on that held-out part) whose ``model.json`` records parent version, fit options, metrics
 before/after, per-epoch history and a digest of the training data; a ``loss.png`` is
 written beside it.
 """
@@ -19,13 +20,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from executors.data.transforms import attach_transform, build_transform
-from executors.models.inference import embed
-from executors.errors import ConflictError, InputError, positive_int
 from executors.data.document_store import DocumentStore, StoredDoc
+from executors.data.transforms import attach_transform, build_transform
+from executors.errors import ConflictError, InputError, positive_int
 from executors.evaluation.metrics import evaluate_embeddings
-from executors.models import ModelStore, build_model
 from executors.evaluation.plots import plot_history
+from executors.models import ModelStore, build_model
+from executors.models.inference import embed
 from executors.tuner.callbacks import Callback
 from executors.tuner.data import to_labeled_items
 from executors.tuner.losses import get_loss
@@ -56,6 +57,42 @@ class _JobProgress(Callback):
 
     def on_epoch_end(self, tuner):
         self.job['history'] = list(tuner.state.history)
+
+
+class PromotionGate:
+    """Promotes a fitted version (moves the store's CURRENT pointer, which search flows follow) only
+    if it is not worse than the promoted version on the same held-out set:
+    ``after[metric@k] >= before[metric@k] + min_delta`` (``min_delta`` may be negative to tolerate
+    noise). ``enabled=False`` promotes every fit; with no held-out metrics a fit is not promoted
+    (nothing to compare) unless ``require_eval=False``. A refused version stays in the store."""
+
+    def __init__(self, metric: str = 'mAP', min_delta: float = 0.0, enabled: bool = True, require_eval: bool = True):
+        if not isinstance(metric, str) or not metric:
+            raise InputError(f'promotion.metric: expected a metric name such as "mAP" or "NDCG", got {metric!r}')
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta):
+            raise InputError(f'promotion.min_delta: expected a finite number, got {min_delta!r}')
+        self.metric, self.min_delta, self.enabled, self.require_eval = metric, float(min_delta), enabled, require_eval
+
+    def decide(self, before: Dict[str, float], after: Dict[str, float], parent: Optional[int]) -> Dict[str, Any]:
+        """``{'promoted': bool, 'reason': str, 'metric', 'serving', 'candidate', 'compared_with'}``."""
+        decision = {'metric': None, 'serving': None, 'candidate': None, 'compared_with': parent}
+        if not self.enabled:
+            return {**decision, 'promoted': True, 'reason': 'promotion gate disabled: every fit is promoted'}
+        key = next((name for name in after if name.split('@')[0] == self.metric), None)
+        if key is None or before.get(key) is None or after.get(key) is None:
+            if self.require_eval:
+                return {**decision, 'promoted': False,
+                        'reason': f'no held-out {self.metric} to compare with version {parent} (too few labelled '
+                                  'docs per class or eval_fraction 0); the version is kept but not promoted'}
+            return {**decision, 'promoted': True, 'reason': 'no held-out metrics; promoted (require_eval is off)'}
+        serving, candidate = float(before[key]), float(after[key])
+        decision.update(metric=key, serving=serving, candidate=candidate)
+        if candidate >= serving + self.min_delta:
+            return {**decision, 'promoted': True,
+                    'reason': f'{key} {candidate:.4f} >= {serving:.4f} of version {parent} + {self.min_delta:g}'}
+        return {**decision, 'promoted': False,
+                'reason': f'{key} {candidate:.4f} < {serving:.4f} of version {parent} + {self.min_delta:g} on the '
+                          'held-out set; the version is kept in the store but not promoted'}
 
 
 def validate_fit_options(opts: Dict[str, Any]) -> None:
@@ -106,9 +143,11 @@ class TrainingService:
     """
 
     def __init__(self, store: ModelStore, model_name: str, model_spec: Dict[str, Any], workspace,
-                 input_transform: Optional[Dict[str, Any]] = None, seed: int = 0, fit_defaults=None):
+                 input_transform: Optional[Dict[str, Any]] = None, seed: int = 0, fit_defaults=None,
+                 promotion: Optional[Dict[str, Any]] = None):
         self.store, self.model_name, self.model_spec = store, model_name, model_spec
         self.input_transform = None if input_transform is None else build_transform(input_transform).to_spec()
+        self.promotion = PromotionGate(**(promotion or {}))
         self.fit_defaults = {**FIT_DEFAULTS, **(fit_defaults or {})}
         unknown = set(self.fit_defaults) - set(FIT_DEFAULTS)
         if unknown:
@@ -190,7 +229,7 @@ class TrainingService:
         none runs. Returns the job status (``state: cancelled`` once stopped when ``wait``)."""
         with self._lock:
             if self.job['state'] != 'running':
-                raise ConflictError(f'/fit/cancel: no fit is running (last job: {self.job["state"]})')
+                raise ConflictError('/fit/cancel: no fit is running; start one with /fit')
             self._cancel.set()
             thread = self._thread
         if wait and thread is not None:
@@ -225,6 +264,10 @@ class TrainingService:
             return evaluate_embeddings(embed(held_out[0], model), held_out[1], k=k)
 
         before = evaluate()
+        serving = before
+        if opts['from_scratch'] and held_out is not None and k >= 1:  # the gate compares with the promoted version
+            promoted, _ = self.store.load(self.model_name, parent)
+            serving = evaluate_embeddings(embed(held_out[0], promoted), held_out[1], k=k)
         fit(model, train, held_out, loss=opts['loss'], loss_kwargs=opts['loss_kwargs'], epochs=opts['epochs'],
             batch_size=opts['batch_size'], learning_rate=opts['learning_rate'], optimizer=opts['optimizer'],
             num_items_per_class=opts['num_items_per_class'], seed=opts['seed'], eval_k=max(k, 1),
@@ -232,14 +275,18 @@ class TrainingService:
         history = job.get('history', [])
         after = evaluate()
         clean = lambda d: {k_: (None if isinstance(v, float) and math.isnan(v) else v) for k_, v in d.items()}
-        published = self.store.publish(self.model_name, model, {
+        promotion = self.promotion.decide(serving, after, parent)
+        job['promotion'] = promotion
+        published = self.store.publish(self.model_name, model, make_current=promotion['promoted'], metadata={
             'stage': 'tuned', 'parent': parent,
             'fit': {k_: v for k_, v in opts.items()}, 'metrics_before': before, 'metrics_after': after,
             'history': [clean(h) for h in history], 'training_data_digest': data_digest(docs),
-            'num_train': int(len(train_idx)), 'num_eval': int(len(eval_idx)), 'created': time.time()})
+            'num_train': int(len(train_idx)), 'num_eval': int(len(eval_idx)), 'created': time.time(),
+            'promotion': promotion})
         if history:
             plot_history(history, published.path / 'loss.png')
-        return {'version': published.version, 'parent': parent, 'metrics_before': before, 'metrics_after': after}
+        return {'version': published.version, 'parent': parent, 'metrics_before': before, 'metrics_after': after,
+                'promotion': promotion}
 
     def embed(self, contents: List[Any], version: Optional[int] = None):
         """``(embeddings [N, D], version)`` of ``contents`` by the given (default: current) version."""
