@@ -117,7 +117,7 @@ def flow_bulk_search_rows(client, queries, batch, **parameters):
     from executors.data.schema import Batch
     from executors.search.results import bulk_matches
     seconds, answers = timed(lambda: client.post('/search/bulk', list(bulk_batches(None, queries, batch_size=batch)),
-                                                 request_size=1, return_type=DocList[Batch],
+                                                 request_size=1, results_in_order=True, return_type=DocList[Batch],
                                                  parameters={'limit': LIMIT, **parameters}))
     rows = [[int(m['id'][1:]) for m in row] for answer in answers for row in bulk_matches(answer)]
     return seconds, rows
