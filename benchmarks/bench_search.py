@@ -255,7 +255,7 @@ def main(argv=None):
     parser.add_argument('--single', type=int, default=200, help='batch-1 queries for the p50s')
     parser.add_argument('--large-n', type=int, default=100_000, help='points of the HNSW/IVF part (0: skip it)')
     parser.add_argument('--ef', type=int, nargs='+', default=[16, 64, 256])
-    parser.add_argument('--nprobe', type=int, nargs='+', default=[4, 16, 64])
+    parser.add_argument('--nprobe', type=int, nargs='+', default=[16, 64, 256])
     parser.add_argument('--spread', type=float, default=0.5, help='scale of the cluster centres in part 3 (unit noise)')
     parser.add_argument('--bulk-batch', type=int, default=1000, help='queries per call in part 3')
     parser.add_argument('--parts', default='flat,approximate', help='comma-separated: flat, approximate')
