@@ -79,7 +79,9 @@ class SearchFlow:
     def snapshot(self) -> dict:
         """What a bad request must not change: stored docs and the serving versions."""
         status = self.status()
-        return {'count': self.count(), 'indexer': status['indexer'],
+        return {'count': self.count(),
+                'indexer': {k: v for k, v in status['indexer'].items() if k != 'peak_rss_mb'},  # the process's
+                # peak memory grows with any request
                 'encoder': {k: v for k, v in status['encoder'].items() if k != 'store_current_version'}}
 
 
