@@ -117,7 +117,7 @@ def flow_bulk_search_rows(client, queries, batch, **parameters):
     from executors.data.schema import Batch
     from executors.search.results import bulk_matches
     seconds, answers = timed(lambda: client.post('/search/bulk', list(bulk_batches(None, queries, batch_size=batch)),
-                                                 request_size=1, return_type=DocList[Batch],
+                                                 request_size=1, results_in_order=True, return_type=DocList[Batch],
                                                  parameters={'limit': LIMIT, **parameters}))
     rows = [[int(m['id'][1:]) for m in row] for answer in answers for row in bulk_matches(answer)]
     return seconds, rows
@@ -255,7 +255,7 @@ def main(argv=None):
     parser.add_argument('--single', type=int, default=200, help='batch-1 queries for the p50s')
     parser.add_argument('--large-n', type=int, default=100_000, help='points of the HNSW/IVF part (0: skip it)')
     parser.add_argument('--ef', type=int, nargs='+', default=[16, 64, 256])
-    parser.add_argument('--nprobe', type=int, nargs='+', default=[4, 16, 64])
+    parser.add_argument('--nprobe', type=int, nargs='+', default=[16, 64, 256])
     parser.add_argument('--spread', type=float, default=0.5, help='scale of the cluster centres in part 3 (unit noise)')
     parser.add_argument('--bulk-batch', type=int, default=1000, help='queries per call in part 3')
     parser.add_argument('--parts', default='flat,approximate', help='comma-separated: flat, approximate')

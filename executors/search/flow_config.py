@@ -22,6 +22,9 @@ def search_flow_config(dim: int = 3, model_name: str = 'swiss-roll-mlp', store_d
     by_name['preprocessor']['uses_with']['decoding'] = {'modality': 'vector', 'dim': int(dim)}
     by_name['encoder']['uses_with'].update(store_dir=store_dir, model_name=model_name)
     index = by_name['indexer']
+    if isinstance(index.get('uses_with', {}).get('follow_store'), dict):  # follow the same model
+        index['uses_with']['follow_store'] = {**index['uses_with']['follow_store'], 'store_dir': store_dir,
+                                              'model_name': model_name}
     index.setdefault('uses_with', {}).update(indexer or {})
     if shards > 1:
         index.update(shards=int(shards), polling='ALL', uses_after=SHARD_MERGER)

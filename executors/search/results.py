@@ -45,7 +45,8 @@ def bulk_matches(answer) -> List[List[Dict[str, Any]]]:
 def bulk_batches(ids: Optional[Sequence[str]], tensor: np.ndarray, labels: Optional[Sequence[Optional[str]]] = None,
                  tags: Optional[Sequence[Dict[str, Any]]] = None, batch_size: int = 1000) -> Iterator[Batch]:
     """:class:`Batch` docs of up to ``batch_size`` rows: ``client.post('/index/bulk', list(...))``,
-    or pass them one per request (``request_size=1``)."""
+    or pass them one per request (``request_size=1``; for queries add ``results_in_order=True``: Jina's
+    client otherwise returns answers in the order they complete)."""
     tensor = np.asarray(tensor)
     if ids is None:  # queries for /search/bulk
         for start in range(0, len(tensor), batch_size):

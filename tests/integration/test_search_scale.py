@@ -79,7 +79,7 @@ def test_two_shards_answer_with_the_same_ids_as_one(flows):
     # the columnar query path answers the same, sharded or not
     for name in ('one', 'two'):
         answers = flows[f'{name}_grpc'].post('/search/bulk', list(bulk_batches(None, queries, batch_size=16)),
-                                             parameters={'limit': 10, 'fields': ['label']}, request_size=1,
+                                             parameters={'limit': 10, 'fields': ['label']}, request_size=1, results_in_order=True,
                                              return_type=DocList[Batch])
         rows = [row for answer in answers for row in bulk_matches(answer)]
         assert [[m['id'] for m in row] for row in rows] == [d.match_ids for d in one]
