@@ -71,8 +71,8 @@ def test_fit_promotion_swap_rollback_under_load_and_a_worse_fit_is_not_promoted(
         assert rolled['rollback_to'] == 1
         _wait_serving(search, 1, seen)
 
-        worse = trainer.post('/fit', parameters={'epochs': 1, 'learning_rate': 1000.0, 'optimizer': 'sgd',
-                                                 'from_scratch': True, 'wait': True, 'seed': 0},
+        worse = trainer.post('/fit', parameters={'epochs': 1, 'learning_rate': 1e-9, 'from_scratch': True,
+                                                 'wait': True, 'seed': 0},  # an untrained model
                              return_type=DocList[Report])[0].data['job']
         assert worse['state'] == 'done' and not worse['promotion']['promoted'], worse
         assert worse['promotion']['reason'].endswith('on the held-out set; the version is kept in the store but '

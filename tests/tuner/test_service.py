@@ -84,7 +84,7 @@ def test_a_worse_fit_is_published_but_not_promoted(service):
     good = service.start_fit({'epochs': 5}, wait=True)['job']
     assert good['state'] == 'done' and good['promotion']['promoted'], good
     assert service.store.current_version('m') == good['version']
-    bad = service.start_fit({'epochs': 1, 'learning_rate': 1000.0, 'optimizer': 'sgd', 'from_scratch': True},
+    bad = service.start_fit({'epochs': 1, 'learning_rate': 1e-9, 'from_scratch': True},  # an untrained model
                             wait=True)['job']
     assert bad['state'] == 'done', bad.get('error')
     promotion = bad['promotion']
