@@ -67,19 +67,19 @@ def test_fit_promotion_swap_rollback_under_load_and_a_worse_fit_is_not_promoted(
         assert lifecycle['served'] == [1, 2] and lifecycle['progress']['done'] == 400
         assert any(s['building'] == 2 for s in seen) or lifecycle['progress']['stage'] == 'done'
 
-        rolled = search.report('/model/rollback')
-        assert rolled['rollback_to'] == 1
-        _wait_serving(search, 1, seen)
-
         worse = trainer.post('/fit', parameters={'epochs': 1, 'learning_rate': 1e-9, 'from_scratch': True,
                                                  'wait': True, 'seed': 0},  # an untrained model
                              return_type=DocList[Report])[0].data['job']
         assert worse['state'] == 'done' and not worse['promotion']['promoted'], worse
         assert worse['promotion']['reason'].endswith('on the held-out set; the version is kept in the store but '
                                                      'not promoted')
-        assert store.versions(MODEL) == [1, 2, 3] and store.current_version(MODEL) == 1
+        assert store.versions(MODEL) == [1, 2, 3] and store.current_version(MODEL) == 2
         time.sleep(3)  # the flow does not follow a refused version
-        assert search.status()['lifecycle']['serving'] == 1
+        assert search.status()['lifecycle']['serving'] == 2
+        rolled = search.report('/model/rollback')
+        assert rolled['rollback_to'] == 1
+        _wait_serving(search, 1, seen)
+
     finally:
         stop.set()
         for c in clients:
