@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_fit.py
 	$(PYTHON) benchmarks/bench_miners.py
 	$(PYTHON) benchmarks/bench_media.py
+	PYTHONPATH=. $(PYTHON) benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) results workspace

@@ -6,7 +6,14 @@ through Jina's HTTP JSON and gRPC protobuf:
 * ``Doc``: one item (a vector, a text, an image or a mesh by ``uri``) with its label,
   its decoded value (``tensor``), its embedding and the model version that made it, and
   its search results in ``matches``.
-* ``Match``: one search result: the stored document's id, label, text/uri, tags and score.
+  A search answer is compact, on the query doc itself: ``match_ids`` (best first),
+  ``match_scores`` ``[k]`` and ``match_fields`` (``{field: [value per match]}``, the stored
+  fields the query asked for, ``label`` by default); :func:`executors.search.results.matches`
+  turns it into a list of dicts.
+* ``Batch``: many items as columns (``ids`` ``[N]``, ``tensor`` ``[N, ...]``, optional
+  ``labels``/``tags``): the bulk ingest path ``/index/bulk``, one protobuf message per batch
+  instead of one document per item.
+* ``Match``: a labelled match of a query in session training data.
 * ``Report``: a key/value answer (status, metrics, model versions).
 
 Labels live in the typed ``label`` field; the old Finetuner's ``tags['finetuner_label']``
@@ -14,10 +21,22 @@ is accepted on input (see :func:`doc_label`).
 """
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 from docarray import BaseDoc, DocList
-from docarray.typing import NdArray
+from docarray.typing import ID, NdArray
 
 LEGACY_LABEL_TAG = 'finetuner_label'
+
+
+def _id_from_protobuf(cls, pb_msg: str) -> ID:
+    """``ID.from_protobuf`` without a pydantic ``TypeAdapter`` per call: docarray 0.41 calls
+    ``parse_obj_as(ID, text)``, which builds a new TypeAdapter for every document it reads (about
+    half of ``DocList.from_protobuf``'s time in benchmarks/profile_search.py); ``ID`` validation
+    is ``str(value)``, done here directly. Every process that imports this schema reads ids this way."""
+    return cls(str(pb_msg))
+
+
+ID.from_protobuf = classmethod(_id_from_protobuf)
 
 
 class Match(BaseDoc):
@@ -54,12 +73,52 @@ class Doc(BaseDoc):
     candidate_embedding: Optional[NdArray] = None
     candidate_version: Optional[int] = None
     matches: List[Match] = []
+    match_ids: List[str] = []
+    match_scores: Optional[NdArray] = None
+    match_fields: Dict[str, Any] = {}
+
+
+class Batch(BaseDoc):
+    """``N`` items in columns for ``/index/bulk`` and ``/search/bulk``: ``ids`` ``[N]`` (optional
+    for queries), ``tensor`` ``[N, ...]`` (one raw value per row), optional ``labels`` ``[N]`` and
+    ``tags`` ``[N]``. The Encoder fills ``embedding`` ``[N, D]`` and ``model_version`` (and the
+    candidate pair during a swap). A ``/search/bulk`` answer holds ``match_ids`` ``[N * k]`` (row
+    by row, ``''`` pads a row with fewer matches), ``match_scores`` ``[N, k]`` (0 pads),
+    ``match_counts`` ``[N]`` and ``match_fields`` (``{field: [N * k values]}``)."""
+
+    ids: List[str] = []
+    tensor: Optional[NdArray] = None
+    labels: Optional[List[Optional[str]]] = None
+    tags: Optional[List[Dict[str, Any]]] = None
+    embedding: Optional[NdArray] = None
+    model_version: Optional[int] = None
+    candidate_embedding: Optional[NdArray] = None
+    candidate_version: Optional[int] = None
+    num_indexed: Optional[int] = None
+    match_ids: List[str] = []
+    match_scores: Optional[NdArray] = None
+    match_counts: Optional[NdArray] = None
+    match_fields: Dict[str, Any] = {}
 
 
 class Report(BaseDoc):
     """A structured answer of a control endpoint (``/status``, ``/evaluate``, ...)."""
 
     data: Dict[str, Any] = {}
+
+
+def assign(doc: BaseDoc, **values: Any) -> None:
+    """Set fields of ``doc`` to values that already have the field's type (``None``, ints, strings,
+    lists of strings, dicts, arrays), without pydantic's validation on every assignment (9 validated
+    assignments per document were 40% of the executors' per-document time). Arrays become
+    ``NdArray`` views, as validation would make them."""
+    fields = type(doc).model_fields
+    for name, value in values.items():
+        if name not in fields:
+            raise AttributeError(f'{type(doc).__name__} has no field {name!r}')
+        if isinstance(value, np.ndarray) and not isinstance(value, NdArray):
+            value = NdArray._docarray_from_native(value)
+        doc.__dict__[name] = value
 
 
 def doc_label(doc: Doc) -> Optional[str]:
@@ -84,4 +143,4 @@ def report(data: Dict[str, Any]) -> DocList[Report]:
     return DocList[Report]([Report(data=data)])
 
 
-__all__ = ['Doc', 'DocList', 'LEGACY_LABEL_TAG', 'Match', 'Report', 'doc_label', 'report', 'tag_text']
+__all__ = ['Batch', 'Doc', 'DocList', 'assign', 'LEGACY_LABEL_TAG', 'Match', 'Report', 'doc_label', 'report', 'tag_text']

@@ -80,6 +80,7 @@ def run(results_dir: Path, workdir: Path) -> dict:
     from executors.data.labels import assign_labels, build_rule
     from executors.evaluation.metrics import nearest_neighbours
     from executors.data.schema import Doc, DocList, Report
+    from executors.search.results import matches
     from executors.search.swap import hot_swap
 
     started = time.monotonic()
@@ -105,7 +106,7 @@ def run(results_dir: Path, workdir: Path) -> dict:
         search_client.post('/index', index_docs, request_size=250)
         before = search_client.post('/search', query_docs, parameters={'limit': K}, return_type=DocList[Doc])
         row_of = {f'p{i}': i for i in range(len(train_points))}
-        random_idx = np.array([[row_of[m.id] for m in d.matches] for d in before])
+        random_idx = np.array([[row_of[m['id']] for m in matches(d)] for d in before])
         print(f'indexed {len(index_docs)} points with model version {before[0].model_version} (random MLP)')
 
         # the training flow labels the raw points itself (numeric bins over one request)
@@ -128,7 +129,7 @@ def run(results_dir: Path, workdir: Path) -> dict:
         swap = hot_swap(search_client)
         print(f"hot-swapped the search flow to version {swap['version']} ({swap['reindexed']} docs re-embedded)")
         after = _search_http(search_flow.ports['http'], query_docs, K)
-        tuned_idx = np.array([[row_of[m['id']] for m in d['matches']] for d in after])
+        tuned_idx = np.array([[row_of[m['id']] for m in matches(d)] for d in after])
         tuned_version = after[0]['model_version']
         shutil.copy(workdir / 'workspace' / 'models' / 'swiss-roll-mlp' / f"{job['version']:06d}" / 'loss.png',
                     results_dir / 'demo_loss.png')

@@ -1,74 +1,152 @@
-"""Encoder: embeds decoded docs with the active model version, through that version's own input
-transform (loaded from its ``model.json``), and stamps ``doc.model_version``."""
-from typing import Dict
+"""Encoder: embeds decoded docs with the search flow's serving model version, through that
+version's own input transform (loaded from its ``model.json``), and stamps ``doc.model_version``."""
+from typing import Dict, Optional
 
+import numpy as np
+from docarray.typing import NdArray
 from jina import Executor, requests
 
-from executors.models.inference import doc_content
+from executors.data.schema import Batch, Doc, DocList, Report, assign, report
+from executors.errors import InputError
 from executors.models import ModelStore
+from executors.models.inference import doc_content
 from executors.models.serving import VersionedEncoder
+from executors.search.lifecycle import read_encoder_hint
+from executors.search.serving_state import read_serving_state
+from executors.service.limits import RequestLimits
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
-from executors.data.schema import Doc, DocList, Report, report
 
 
 class Encoder(Executor):
     """Embeds on ``/index`` and ``/search``; swaps models with ``/model/prepare``,
     ``/model/reindex`` (embed stored docs with the prepared version) and ``/model/activate``.
 
-    While a swap is prepared, ``/index`` docs are embedded by both versions (the candidate's
-    in ``candidate_embedding``) so the Indexer's next generation stays complete.
+    ``index_dir``: the Indexer's index directory; the Encoder serves the version recorded there
+    (on start and before every request, so every replica follows a swap, including the ones the
+    Indexer's :class:`executors.search.lifecycle.ModelFollower` runs), and the store's current
+    version only for a new index. While a swap is prepared, ``/index`` docs are embedded by both
+    versions (the candidate's in ``candidate_embedding``) so the Indexer's next generation stays
+    complete. Embeddings and version stamps sent by a client are overwritten, never used.
+    ``limits``: see :class:`executors.service.limits.RequestLimits`.
     """
 
     def __init__(self, store_dir: str = 'models', model_name: str = 'model', batch_size: int = 256,
-                 device: str = 'cpu', **kwargs):
+                 device: str = 'cpu', index_dir: Optional[str] = None, limits: Optional[Dict] = None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = VersionedEncoder(ModelStore(store_dir), model_name, batch_size=batch_size, device=device)
+        self.index_dir = index_dir
+        self.limits = RequestLimits.from_config(limits)
+        self._followed = None
+        self._follow_index()
+
+    def _follow_index(self, force: bool = False) -> None:
+        """Serve the index's versions if they changed since last seen (``force``: even if not,
+        e.g. to resume a swap that failed half-way)."""
+        if self.index_dir is None:
+            return
+        active, pending = read_serving_state(self.index_dir)
+        hint = read_encoder_hint(self.index_dir)
+        state = (active, pending, hint)
+        if (force or state != self._followed) and (active, pending) != (None, None):
+            if hint is not None and hint == pending:  # the pending generation is complete: embed with it alone
+                self.encoder.follow(pending, None)
+            else:
+                self.encoder.follow(active, pending)
+        self._followed = state
 
     def _embed(self, endpoint: str, docs: DocList[Doc], parameters: Dict, both: bool = False) -> DocList[Doc]:
         validate_parameters(endpoint, parameters)
         require_docs(endpoint, docs)
+        self.limits.check_docs(endpoint, docs)
+        self._follow_index()
         contents = [doc_content(d) for d in docs]
         if both:
             vectors, version, candidate_vectors, candidate = self.encoder.embed_both(contents)
         else:
             (vectors, version), candidate_vectors, candidate = self.encoder.embed(contents), None, None
+        vectors = NdArray._docarray_from_native(vectors)
+        if candidate is not None:
+            candidate_vectors = NdArray._docarray_from_native(candidate_vectors)
         for i, doc in enumerate(docs):
-            doc.embedding, doc.model_version = vectors[i], version
-            if candidate is not None:
-                doc.candidate_embedding, doc.candidate_version = candidate_vectors[i], candidate
+            assign(doc, embedding=vectors[i], model_version=version,
+                   candidate_embedding=None if candidate is None else candidate_vectors[i], candidate_version=candidate)
+            if not both:  # a query needs only its embedding from here on
+                assign(doc, tensor=None)
         return docs
 
     @requests(on='/index')
     def index(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._embed('/index', docs, parameters, both=True)
 
+    @requests(on='/index/bulk')
+    def index_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        validate_parameters('/index/bulk', parameters)
+        require_docs('/index/bulk', docs)
+        for batch in docs:
+            if batch.tensor is None:
+                raise InputError('docs.tensor: a /index/bulk batch needs tensor [N, ...] with one row per id')
+            self.limits.check_count('/index/bulk', len(batch.ids))
+            if np.size(batch.tensor) > self.limits.max_tensor_elements * max(len(batch.ids), 1):
+                raise InputError(f'docs.tensor: {np.size(batch.tensor)} elements for {len(batch.ids)} ids; at most '
+                                 f'{self.limits.max_tensor_elements} per item (limits.max_tensor_elements)')
+            self._follow_index()
+            vectors, version, candidate_vectors, candidate = self.encoder.embed_both(list(np.asarray(batch.tensor)))
+            batch.embedding, batch.model_version = vectors, version
+            batch.candidate_embedding, batch.candidate_version = candidate_vectors, candidate
+        return docs
+
+    @requests(on='/search/bulk')
+    def search_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
+        validate_parameters('/search/bulk', parameters)
+        require_docs('/search/bulk', docs)
+        self._follow_index()
+        for batch in docs:
+            if batch.tensor is None:
+                raise InputError('docs.tensor: a /search/bulk batch needs tensor [N, ...] with one query per row')
+            self.limits.check_count('/search/bulk', len(batch.tensor))
+            vectors, version = self.encoder.embed(list(np.asarray(batch.tensor)))
+            assign(batch, embedding=vectors, model_version=version, tensor=None,
+                   candidate_embedding=None, candidate_version=None)
+        return docs
+
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         return self._embed('/search', docs, parameters)
 
+    @requests(on='/search/evaluate')
+    def search_evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        """Labelled queries for the Indexer's evaluation of the serving version."""
+        return self._embed('/search/evaluate', docs, parameters)
+
     @requests(on='/model/reindex')
     def reindex(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
         version = required_parameter('/model/reindex', validate_parameters('/model/reindex', parameters), 'version')
+        self.limits.check_docs('/model/reindex', docs)
+        self._follow_index()
         if len(docs):
             vectors, version = self.encoder.embed([doc_content(d) for d in docs], version)
             for doc, vector in zip(docs, vectors):
                 doc.embedding, doc.model_version = vector, version
+                doc.candidate_embedding = doc.candidate_version = None
         return docs
 
     @requests(on='/model/prepare')
     def prepare(self, parameters: Dict, **kwargs) -> DocList[Report]:
         version = validate_parameters('/model/prepare', parameters).get('version')
+        self._follow_index(force=True)
         prepared = self.encoder.prepare(version)
         return report({'version': prepared, 'encoder': self.encoder.status()})
 
     @requests(on='/model/activate')
     def activate(self, parameters: Dict, **kwargs) -> DocList[Report]:
         version = required_parameter('/model/activate', validate_parameters('/model/activate', parameters), 'version')
+        self._follow_index()
         self.encoder.activate(version)
         return report({'version': version, 'encoder': self.encoder.status()})
 
     @requests(on='/model/status')
     def model_status(self, parameters: Dict, **kwargs) -> DocList[Report]:
         validate_parameters('/model/status', parameters)
+        self._follow_index()
         self.encoder.ensure_active()
         return report({'encoder': self.encoder.status()})

@@ -4,7 +4,7 @@ from typing import Dict
 import numpy as np
 from jina import Executor, requests
 
-from executors.errors import InputError
+from executors.errors import InputError, positive_int
 from executors.evaluation.tables import comparison_table
 from executors.evaluation.metrics import evaluate_embeddings
 from executors.service.parameters import require_docs, validate_parameters
@@ -14,7 +14,7 @@ from executors.data.schema import Doc, DocList, Report, report
 class Evaluator(Executor):
     """``/evaluate``: labelled docs with embeddings (from the trainer) -> leave-one-out hit@k,
     precision@k (label purity), recall@k, mAP@k, NDCG@k, MRR, R-precision at ``k``.
-    ``/train``, ``/train/clear``, ``/fit``, ``/status``: passes the trainer's report on, adding a
+    ``/train``, ``/train/clear``, ``/fit``, ``/fit/cancel``, ``/status``: passes the trainer's report on, adding a
     markdown before/after ``table`` once a fit has finished.
     """
 
@@ -30,12 +30,17 @@ class Evaluator(Executor):
         if missing:
             raise InputError(f'docs: {len(missing)} doc(s) lack an embedding or a label (e.g. {missing[0]!r}); '
                              'send labelled docs through the trainer')
+        if len(docs) < 2:
+            raise InputError(f'docs: /evaluate needs at least 2 labelled docs (each is a query against the '
+                             f'others), got {len(docs)}')
+        if 'k' in options:
+            positive_int('parameters.k', options['k'])
         k = min(options.get('k', self.k), len(docs) - 1)
         embeddings = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
         metrics = evaluate_embeddings(embeddings, [d.label for d in docs], k=k)
         return report({'k': k, 'num_docs': len(docs), 'model_version': docs[0].model_version, 'metrics': metrics})
 
-    @requests(on=['/train', '/train/clear', '/fit', '/status'])
+    @requests(on=['/train', '/train/clear', '/fit', '/fit/cancel', '/status'])
     def annotate(self, docs: DocList[Report], **kwargs) -> DocList[Report]:
         for doc in docs:
             job = doc.data.get('job', doc.data)

@@ -15,7 +15,7 @@ from executors.tuner.service import TrainingService
 
 class FinetunerTrainer(Executor):
     """Endpoints: ``/train`` (store labelled docs), ``/train/clear``, ``/fit`` (tune; parameters
-    are fit options, ``wait=True`` blocks until done), ``/status`` (progress, metrics, versions),
+    are fit options, ``wait=True`` blocks until done), ``/fit/cancel`` (stop the running fit), ``/status`` (progress, metrics, versions),
     ``/evaluate`` (embed labelled docs with a ``version``, default the current one, for the Evaluator).
 
     ``store_dir``: the model store shared with the search flow; ``model_name``; ``model``: the
@@ -23,19 +23,22 @@ class FinetunerTrainer(Executor):
     ``input_transform``: the base model's input transform spec (e.g. ``{'modality': 'image',
     'size': [224, 224]}``), stored in version 1's ``model.json`` and inherited by tuned versions;
     every fit and evaluation runs the transform of the version it uses. ``fit_defaults``:
-    defaults for the ``/fit`` options.
+    defaults for the ``/fit`` options; ``promotion``: the gate a fitted version must pass to become
+    the store's current (promoted) version, e.g. ``{"metric": "mAP", "min_delta": 0.0}`` (see
+    :class:`executors.tuner.service.PromotionGate`).
     """
 
     def __init__(self, store_dir: str = 'models', model_name: str = 'model', model: Optional[Dict] = None,
                  input_transform: Optional[Dict] = None, fit_defaults: Optional[Dict] = None, seed: int = 0,
-                 **kwargs):
+                 promotion: Optional[Dict] = None, **kwargs):
         super().__init__(**kwargs)
         if model is None:
             raise InputError('model: FinetunerTrainer needs the base model spec, e.g. '
                              '{"builder": "mlp", "kwargs": {"layer_sizes": [3, 6, 6, 6]}} in uses_with')
         workspace = Path(self.workspace or 'workspace')
         self.service = TrainingService(ModelStore(store_dir), model_name, model, workspace,
-                                       input_transform=input_transform, seed=seed, fit_defaults=fit_defaults)
+                                       input_transform=input_transform, seed=seed, fit_defaults=fit_defaults,
+                                       promotion=promotion)
 
     @requests(on='/train')
     def train(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
@@ -56,6 +59,12 @@ class FinetunerTrainer(Executor):
         options = validate_parameters('/fit', parameters)
         wait = options.pop('wait', False)
         return report(self.service.start_fit(options, wait=wait))
+
+    @requests(on='/fit/cancel')
+    def cancel(self, parameters: Dict, **kwargs) -> DocList[Report]:
+        """Stop the running fit after its current batch; nothing is published."""
+        validate_parameters('/fit/cancel', parameters)
+        return report(self.service.cancel())
 
     @requests(on='/status')
     def status(self, parameters: Dict, **kwargs) -> DocList[Report]:

@@ -39,11 +39,25 @@ class VersionedEncoder:
                 self.active_version = self._load(None)
             return self.active_version
 
+    def follow(self, active: Optional[int], candidate: Optional[int]) -> None:
+        """Serve ``active`` with ``candidate`` prepared (the search flow's persisted serving state,
+        e.g. on restart or when another replica ran the swap); ``None`` leaves that role as is
+        (active) or empty (candidate). Models of other versions are unloaded."""
+        with self._lock:
+            if active is not None and active != self.active_version:
+                self.active_version = self._load(active)
+            if candidate != self.candidate_version:
+                self.candidate_version = None if candidate is None else self._load(candidate)
+            for version in [v for v in self._models if v not in (self.active_version, self.candidate_version)]:
+                del self._models[version]
+
     def prepare(self, version: Optional[int] = None) -> int:
         """Load ``version`` (default: the store's current) as the swap candidate."""
         with self._lock:
             self.ensure_active()
             loaded = self._load(version)
+            if loaded == self.candidate_version:
+                return loaded
             if loaded == self.active_version:
                 raise InputError(f'version: {loaded} is already the active version; publish or name another one')
             self.candidate_version = loaded
@@ -52,6 +66,8 @@ class VersionedEncoder:
     def activate(self, version: int) -> int:
         """Make the prepared candidate ``version`` active and unload the old one."""
         with self._lock:
+            if version == self.active_version and self.candidate_version is None:
+                return version  # already done (a retried activation)
             if version != self.candidate_version:
                 raise InputError(f'version: {version} is not the prepared candidate '
                                  f'({self.candidate_version}); call /model/prepare first')

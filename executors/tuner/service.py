@@ -5,7 +5,8 @@ Jina-free: the executor only parses requests and calls :class:`TrainingService`.
 A fit (in a background thread, one at a time) loads the current model version, splits the
 collected docs into train and a stratified held-out eval part (``eval_fraction``), measures
 retrieval metrics on the eval part before and after tuning, and publishes the tuned model
-as a new version whose ``model.json`` records parent version, fit options, metrics
+as a new version (promoted to the store's CURRENT only if :class:`PromotionGate` finds it not
+worse than the promoted version on that held-out part) whose ``model.json`` records parent version, fit options, metrics
 before/after, per-epoch history and a digest of the training data; a ``loss.png`` is
 written beside it.
 """
@@ -23,7 +24,7 @@ import torch
 
 from executors.data.document_store import DocumentStore, StoredDoc
 from executors.data.transforms import attach_transform, build_transform
-from executors.errors import InputError
+from executors.errors import ConflictError, InputError, positive_int
 from executors.evaluation.metrics import evaluate_embeddings
 from executors.evaluation.plots import plot_history
 from executors.models import ModelStore, build_model
@@ -82,19 +83,76 @@ def _optimizer_of(opts: Dict[str, Any]):
     return configure_optimizer
 
 
-class _JobProgress(Callback):
-    """Copies the loop's progress into the job's status dict."""
+class FitCancelled(Exception):
+    """Raised inside a fit's loop when ``/fit/cancel`` asked it to stop."""
 
-    def __init__(self, job: Dict[str, Any]):
-        self.job = job
+
+class _JobProgress(Callback):
+    """Copies the loop's progress into the job's status dict; stops the fit after the current
+    batch once ``cancel`` is set."""
+
+    def __init__(self, job: Dict[str, Any], cancel: threading.Event):
+        self.job, self.cancel = job, cancel
 
     def on_train_batch_end(self, tuner):
+        if self.cancel.is_set():
+            raise FitCancelled('cancelled by /fit/cancel')
         s = tuner.state
         self.job.update(epoch=s.epoch + 1, epochs=s.num_epochs, batch=s.batch_index + 1, batches=s.num_batches,
                         loss=s.current_loss)
 
     def on_epoch_end(self, tuner):
         self.job['history'] = list(tuner.state.history)
+
+
+class PromotionGate:
+    """Promotes a fitted version (moves the store's CURRENT pointer, which search flows follow) only
+    if it is not worse than the promoted version on the same held-out set:
+    ``after[metric@k] >= before[metric@k] + min_delta`` (``min_delta`` may be negative to tolerate
+    noise). ``enabled=False`` promotes every fit; with no held-out metrics a fit is not promoted
+    (nothing to compare) unless ``require_eval=False``. A refused version stays in the store."""
+
+    def __init__(self, metric: str = 'mAP', min_delta: float = 0.0, enabled: bool = True, require_eval: bool = True):
+        if not isinstance(metric, str) or not metric:
+            raise InputError(f'promotion.metric: expected a metric name such as "mAP" or "NDCG", got {metric!r}')
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta):
+            raise InputError(f'promotion.min_delta: expected a finite number, got {min_delta!r}')
+        self.metric, self.min_delta, self.enabled, self.require_eval = metric, float(min_delta), enabled, require_eval
+
+    def decide(self, before: Dict[str, float], after: Dict[str, float], parent: Optional[int]) -> Dict[str, Any]:
+        """``{'promoted': bool, 'reason': str, 'metric', 'serving', 'candidate', 'compared_with'}``."""
+        decision = {'metric': None, 'serving': None, 'candidate': None, 'compared_with': parent}
+        if not self.enabled:
+            return {**decision, 'promoted': True, 'reason': 'promotion gate disabled: every fit is promoted'}
+        key = next((name for name in after if name.split('@')[0] == self.metric), None)
+        if key is None or before.get(key) is None or after.get(key) is None:
+            if self.require_eval:
+                return {**decision, 'promoted': False,
+                        'reason': f'no held-out {self.metric} to compare with version {parent} (too few labelled '
+                                  'docs per class or eval_fraction 0); the version is kept but not promoted'}
+            return {**decision, 'promoted': True, 'reason': 'no held-out metrics; promoted (require_eval is off)'}
+        serving, candidate = float(before[key]), float(after[key])
+        decision.update(metric=key, serving=serving, candidate=candidate)
+        if candidate >= serving + self.min_delta:
+            return {**decision, 'promoted': True,
+                    'reason': f'{key} {candidate:.4f} >= {serving:.4f} of version {parent} + {self.min_delta:g}'}
+        return {**decision, 'promoted': False,
+                'reason': f'{key} {candidate:.4f} < {serving:.4f} of version {parent} + {self.min_delta:g} on the '
+                          'held-out set; the version is kept in the store but not promoted'}
+
+
+def validate_fit_options(opts: Dict[str, Any]) -> None:
+    """InputError naming the first fit option out of range (before any work starts)."""
+    for name in ('epochs', 'batch_size', 'eval_k'):
+        positive_int(f'parameters.{name}', opts[name])
+    if opts['num_items_per_class'] is not None:
+        positive_int('parameters.num_items_per_class', opts['num_items_per_class'])
+    rate = opts['learning_rate']
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise InputError(f'parameters.learning_rate: must be a finite number > 0, got {rate!r}')
+    fraction = opts['eval_fraction']
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise InputError(f'parameters.eval_fraction: must be in [0, 1), got {fraction!r}')
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int):
@@ -131,9 +189,11 @@ class TrainingService:
     """
 
     def __init__(self, store: ModelStore, model_name: str, model_spec: Dict[str, Any], workspace,
-                 input_transform: Optional[Dict[str, Any]] = None, seed: int = 0, fit_defaults=None):
+                 input_transform: Optional[Dict[str, Any]] = None, seed: int = 0, fit_defaults=None,
+                 promotion: Optional[Dict[str, Any]] = None):
         self.store, self.model_name, self.model_spec = store, model_name, model_spec
         self.input_transform = None if input_transform is None else build_transform(input_transform).to_spec()
+        self.promotion = PromotionGate(**(promotion or {}))
         self.fit_defaults = {**FIT_DEFAULTS, **(fit_defaults or {})}
         unknown = set(self.fit_defaults) - set(FIT_DEFAULTS)
         if unknown:
@@ -145,6 +205,7 @@ class TrainingService:
         self._lock = threading.Lock()
         self.job: Dict[str, Any] = {'state': 'idle'}
         self._thread: Optional[threading.Thread] = None
+        self._cancel = threading.Event()
         self.ensure_initial_version()
 
     def ensure_initial_version(self) -> int:
@@ -170,7 +231,8 @@ class TrainingService:
     def clear(self) -> None:
         with self._lock:
             if self.job['state'] == 'running':
-                raise InputError('/train/clear: a fit is running; wait for it to finish')
+                raise ConflictError('/train/clear: a fit is running on the collected docs; wait for it to finish '
+                                    'or stop it with /fit/cancel')
             self.data.close()
             path = self.data.path
             for suffix in ('', '-wal', '-shm'):
@@ -189,8 +251,7 @@ class TrainingService:
     def start_fit(self, options: Dict[str, Any], wait: bool = False) -> Dict[str, Any]:
         """Validate, then fit in a background thread (or block if ``wait``); returns the job status."""
         opts = {**self.fit_defaults, **options}
-        if not 0 <= opts['eval_fraction'] < 1:
-            raise InputError(f'parameters.eval_fraction: must be in [0, 1), got {opts["eval_fraction"]}')
+        validate_fit_options(opts)
         _loss_of(opts)  # a bad loss, miner or scheduler is the caller's error, now
         _optimizer_of(opts)
         docs = self._load_docs()
@@ -200,7 +261,9 @@ class TrainingService:
                                   [d.label for d in docs]))
         with self._lock:
             if self.job['state'] == 'running':
-                raise InputError('/fit: a fit is already running; poll /status and retry when it has finished')
+                raise ConflictError('/fit: a fit is already running; poll /status and retry when it has finished, '
+                                    'or stop it with /fit/cancel')
+            self._cancel.clear()
             self.job = {'state': 'running', 'job_id': f'{int(time.time() * 1000)}', 'started': time.time(),
                         'num_docs': len(docs), 'options': opts}
             self._thread = threading.Thread(target=self._run, args=(self.job, docs, items, opts), daemon=True)
@@ -209,10 +272,24 @@ class TrainingService:
             self._thread.join()
         return self.status()
 
+    def cancel(self, wait: bool = True) -> Dict[str, Any]:
+        """Stop the running fit after its current batch (nothing is published); ConflictError if
+        none runs. Returns the job status (``state: cancelled`` once stopped when ``wait``)."""
+        with self._lock:
+            if self.job['state'] != 'running':
+                raise ConflictError('/fit/cancel: no fit is running; start one with /fit')
+            self._cancel.set()
+            thread = self._thread
+        if wait and thread is not None:
+            thread.join()
+        return self.status()
+
     def _run(self, job, docs, items, opts) -> None:
         try:
             job.update(self._fit(job, docs, items, opts))
             job['state'] = 'done'
+        except FitCancelled:
+            job['state'] = 'cancelled'
         except Exception as e:  # noqa: BLE001 - reported through /status
             job.update(state='failed', error=f'{type(e).__name__}: {e}', traceback=traceback.format_exc())
         job['finished'] = time.time()
@@ -235,24 +312,32 @@ class TrainingService:
             return evaluate_embeddings(embed(held_out[0], model), held_out[1], k=k)
 
         before = evaluate()
+        serving = before
+        if opts['from_scratch'] and held_out is not None and k >= 1:  # the gate compares with the promoted version
+            promoted, _ = self.store.load(self.model_name, parent)
+            serving = evaluate_embeddings(embed(held_out[0], promoted), held_out[1], k=k)
         configure_optimizer = _optimizer_of(opts)
         fit(model, train, held_out, loss=_loss_of(opts), epochs=opts['epochs'],
             batch_size=opts['batch_size'], learning_rate=opts['learning_rate'],
             optimizer=None if configure_optimizer else opts['optimizer'], configure_optimizer=configure_optimizer,
             scheduler_step='epoch', num_items_per_class=opts['num_items_per_class'], seed=opts['seed'],
-            eval_k=max(k, 1), callbacks=[_JobProgress(job), MetricsLogger(self.workspace / 'fit_log.jsonl')],
+            eval_k=max(k, 1), callbacks=[_JobProgress(job, self._cancel), MetricsLogger(self.workspace / 'fit_log.jsonl')],
             progress_bar=False)
         history = job.get('history', [])
         after = evaluate()
         clean = lambda d: {k_: (None if isinstance(v, float) and math.isnan(v) else v) for k_, v in d.items()}
-        published = self.store.publish(self.model_name, model, {
+        promotion = self.promotion.decide(serving, after, parent)
+        job['promotion'] = promotion
+        published = self.store.publish(self.model_name, model, make_current=promotion['promoted'], metadata={
             'stage': 'tuned', 'parent': parent,
             'fit': {k_: v for k_, v in opts.items()}, 'metrics_before': before, 'metrics_after': after,
             'history': [clean(h) for h in history], 'training_data_digest': data_digest(docs),
-            'num_train': int(len(train_idx)), 'num_eval': int(len(eval_idx)), 'created': time.time()})
+            'num_train': int(len(train_idx)), 'num_eval': int(len(eval_idx)), 'created': time.time(),
+            'promotion': promotion})
         if history:
             plot_history(history, published.path / 'loss.png')
-        return {'version': published.version, 'parent': parent, 'metrics_before': before, 'metrics_after': after}
+        return {'version': published.version, 'parent': parent, 'metrics_before': before, 'metrics_after': after,
+                'promotion': promotion}
 
     def embed(self, contents: List[Any], version: Optional[int] = None):
         """``(embeddings [N, D], version)`` of ``contents`` by the given (default: current) version."""

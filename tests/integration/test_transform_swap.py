@@ -64,7 +64,7 @@ def test_swapped_version_answers_with_its_own_input_transform(tmp_path):
         before = client.post('/search', DocList[Doc]([Doc(tensor=q) for q in queries]), parameters={'limit': LIMIT},
                              return_type=DocList[Doc])
         assert {d.model_version for d in before} == {1}
-        _assert_answers(sims_v1, [[m.id for m in d.matches] for d in before], [[m.score for m in d.matches] for d in before])
+        _assert_answers(sims_v1, [d.match_ids for d in before], [list(d.match_scores) for d in before])
 
         # the Indexer keeps the decoded documents, not version 1's model inputs
         [database] = (tmp_path / 'workspace' / 'search').rglob('docs.sqlite')  # <workspace>/Indexer/0/index/
@@ -81,13 +81,13 @@ def test_swapped_version_answers_with_its_own_input_transform(tmp_path):
         after = client.post('/search', DocList[Doc]([Doc(tensor=q) for q in queries]), parameters={'limit': LIMIT},
                             return_type=DocList[Doc])
         assert {d.model_version for d in after} == {2}
-        _assert_answers(sims_v2, [[m.id for m in d.matches] for d in after], [[m.score for m in d.matches] for d in after])
+        _assert_answers(sims_v2, [d.match_ids for d in after], [list(d.match_scores) for d in after])
         response = httpx.post(f'{http}/search', json={'data': [{'tensor': q.tolist()} for q in queries],
                                                        'parameters': {'limit': LIMIT}}, timeout=120)
         assert response.status_code == 200, response.text
         answers = response.json()['data']
         assert {a['model_version'] for a in answers} == {2}
-        _assert_answers(sims_v2, [[m['id'] for m in a['matches']] for a in answers],
-                        [[m['score'] for m in a['matches']] for a in answers])
+        _assert_answers(sims_v2, [a['match_ids'] for a in answers],
+                        [a['match_scores'] for a in answers])
     finally:
         flow.stop()

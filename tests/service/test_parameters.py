@@ -12,7 +12,7 @@ def test_grpc_floats_become_ints_and_jina_keys_are_dropped():
 
 
 @pytest.mark.parametrize('endpoint, params, match', [
-    ('/search', {'limt': 3}, 'parameters.limt: unknown parameter for /search; known: limit'),
+    ('/search', {'limt': 3}, 'parameters.limt: unknown parameter for /search; known: efSearch, fields, filter, limit, nprobe'),
     ('/search', {'limit': 2.5}, 'parameters.limit: expected int'),
     ('/search', {'limit': True}, 'parameters.limit: expected int'),
     ('/fit', {'epochs': 'ten'}, 'parameters.epochs'),

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from executors.errors import InputError
 from executors.data.document_store import StoredDoc
+from executors.errors import InputError
 from executors.models import ModelStore
 from executors.tuner.service import TrainingService, stratified_split
 
@@ -77,6 +77,30 @@ def test_stratified_split_holds_out_each_class():
     train, held_out = stratified_split(labels, 0.2, seed=0)
     assert sorted(np.concatenate([train, held_out]).tolist()) == list(range(17))
     assert np.bincount(labels[held_out], minlength=3).tolist() == [2, 2, 0]
+
+
+def test_a_worse_fit_is_published_but_not_promoted(service):
+    service.add(_blobs())
+    good = service.start_fit({'epochs': 5}, wait=True)['job']
+    assert good['state'] == 'done' and good['promotion']['promoted'], good
+    assert service.store.current_version('m') == good['version']
+    bad = service.start_fit({'epochs': 1, 'learning_rate': 1e-9, 'from_scratch': True},  # an untrained model
+                            wait=True)['job']
+    assert bad['state'] == 'done', bad.get('error')
+    promotion = bad['promotion']
+    assert not promotion['promoted'] and promotion['compared_with'] == good['version']
+    assert promotion['candidate'] < promotion['serving'] == good['metrics_after']['mAP@10']  # same held-out set
+    assert promotion['reason'] == (f"mAP@10 {promotion['candidate']:.4f} < {promotion['serving']:.4f} of version "
+                                   f"{good['version']} + 0 on the held-out set; the version is kept in the store "
+                                   'but not promoted')
+    assert service.store.versions('m')[-1] == bad['version']  # kept in the store ...
+    assert service.store.current_version('m') == good['version']  # ... not promoted
+    assert service.store.config('m', bad['version'])['promotion'] == promotion
+
+
+def test_promotion_gate_settings_are_checked(tmp_path):
+    with pytest.raises(InputError, match='promotion.min_delta: expected a finite number, got nan'):
+        TrainingService(ModelStore(tmp_path / 'models'), 'm', MLP, tmp_path / 'ws', promotion={'min_delta': float('nan')})
 
 
 def test_versions_carry_the_base_models_input_transform(tmp_path):

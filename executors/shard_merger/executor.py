@@ -1,0 +1,113 @@
+"""ShardMerger: the ``uses_after`` of a sharded Indexer; merges the shards' answers.
+
+Jina's own reduction (docarray v2 ``reduce_all``) merges docs by id field by field: it would
+concatenate ``match_ids`` and keep one shard's ``match_scores``, so it cannot merge a top-k.
+This executor receives every shard's answer (``docs_matrix``) and merges them with
+:func:`executors.search.shards.merge_top_k`.
+"""
+from typing import Dict, List, Optional
+
+import numpy as np
+from jina import Executor, requests
+
+from executors.data.schema import Batch, Doc, DocList, Report, assign, report
+from executors.search.shards import merge_top_k
+
+SUMMED = ('num_docs', 'reindexed', 'missing')
+
+
+def _merge_reports(matrix: List[DocList[Report]]) -> DocList[Report]:
+    """One report: the first shard's data, with counts (``num_docs``, ``reindexed``, ``missing``)
+    summed over the shards, also inside the ``indexer`` entry."""
+    datas = [dict(m[0].data) for m in matrix if len(m)]
+    if not datas:
+        return DocList[Report]()
+    merged = dict(datas[0])
+    for key in SUMMED:
+        if key in merged:
+            merged[key] = sum(d.get(key, 0) for d in datas)
+    if isinstance(merged.get('indexer'), dict):
+        merged['indexer'] = dict(merged['indexer'])
+        merged['indexer']['num_docs'] = sum(d['indexer'].get('num_docs', 0) for d in datas)
+        merged['indexer']['shards'] = len(datas)
+    return report(merged)
+
+
+class ShardMerger(Executor):
+    """Merges the answers of ``N`` Indexer shards into the answer of one Indexer."""
+
+    @requests(on='/search')
+    def search(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], parameters: Dict, **kwargs) -> DocList[Doc]:
+        matrix = [m for m in (docs_matrix or []) if m is not None]
+        if not matrix:
+            return DocList[Doc]()
+        limit = int(parameters.get('limit', 10))
+        merged = matrix[0]
+        for position, doc in enumerate(merged):
+            answers = [(m[position].match_ids, m[position].match_scores if m[position].match_scores is not None
+                        else [], m[position].match_fields) for m in matrix]
+            doc.match_ids, doc.match_scores, doc.match_fields = merge_top_k(answers, limit)
+        return merged
+
+    @requests(on='/search/bulk')
+    def search_bulk(self, docs: DocList[Batch], docs_matrix: Optional[List[DocList[Batch]]], parameters: Dict,
+                    **kwargs) -> DocList[Batch]:
+        matrix = [m for m in (docs_matrix or []) if m is not None]
+        if not matrix:
+            return DocList[Batch]()
+        limit = int(parameters.get('limit', 10))
+        merged = matrix[0]
+        for position, batch in enumerate(merged):
+            shards = [m[position] for m in matrix]
+            flat_ids, flat_fields, counts = [], {name: [] for name in batch.match_fields}, []
+            scores = np.zeros((len(batch.match_counts), limit), dtype=np.float32)
+            for row in range(len(batch.match_counts)):
+                answers = []
+                for shard in shards:
+                    n = int(shard.match_counts[row])
+                    start = row * limit
+                    answers.append((shard.match_ids[start:start + n], np.asarray(shard.match_scores)[row, :n],
+                                    {k: v[start:start + n] for k, v in shard.match_fields.items()}))
+                ids, row_scores, fields = merge_top_k(answers, limit)
+                pad = limit - len(ids)
+                counts.append(len(ids))
+                scores[row, :len(ids)] = row_scores
+                flat_ids += ids + [''] * pad
+                for name in flat_fields:
+                    flat_fields[name] += fields[name] + [None] * pad
+            assign(batch, match_ids=flat_ids, match_scores=scores, match_counts=np.asarray(counts, dtype=np.int64),
+                   match_fields=flat_fields)
+        return merged
+
+    @requests(on='/index')
+    def index(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], **kwargs) -> DocList[Doc]:
+        return (docs_matrix or [DocList[Doc]()])[0]
+
+    @requests(on='/index/bulk')
+    def index_bulk(self, docs: DocList[Batch], docs_matrix: Optional[List[DocList[Batch]]], **kwargs) -> DocList[Batch]:
+        matrix = docs_matrix or [DocList[Batch]()]
+        merged = matrix[0]
+        for position, batch in enumerate(merged):
+            batch.num_indexed = sum(m[position].num_indexed or 0 for m in matrix)
+        return merged
+
+    @requests(on='/model/missing')
+    def missing(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], parameters: Dict, **kwargs) -> DocList[Doc]:
+        limit = int(parameters.get('limit', 256))
+        return DocList[Doc]([d for m in (docs_matrix or []) for d in m][:limit])
+
+    @requests(on='/model/reindex')
+    def reindex(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        return _merge_reports(docs_matrix or [])
+
+    @requests(on='/model/prepare')
+    def prepare(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        return _merge_reports(docs_matrix or [])
+
+    @requests(on='/model/activate')
+    def activate(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        return _merge_reports(docs_matrix or [])
+
+    @requests(on='/model/status')
+    def model_status(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        return _merge_reports(docs_matrix or [])
