@@ -238,6 +238,9 @@ class MultipleNegativesRankingLoss(BatchLoss):
     graph-keeping zero.
     """
 
+    #: ``fit`` samples batches of distinct labels with this many items each (one pair per label)
+    items_per_label = 2
+
     def __init__(self, scale: float = 20.0, miner=None):
         super().__init__()
         self.scale = _check_number(scale, 'scale', above=0)

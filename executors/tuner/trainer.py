@@ -6,6 +6,7 @@ with a metric-learning loss ``loss(embeddings [B, D], labels [B]) -> scalar``.
 import contextlib
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -18,6 +19,7 @@ from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
 from executors.tuner.data import LabeledItems, make_batch, to_labeled_items
+from executors.tuner.schedules import check_schedule, check_warmup_ratio, make_schedule
 
 OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD,
               'rmsprop': torch.optim.RMSprop}
@@ -254,7 +256,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
         num_workers: int = 0, seed: Optional[int] = None, gradient_accumulation_steps: int = 1,
         max_grad_norm: Optional[float] = None, mixed_precision: Optional[bool] = None,
         eval_k: int = 10, eval_distance: str = 'cosine', progress_bar: bool = True,
-        resume_from=None, distributed: Union[bool, str] = 'auto') -> nn.Module:
+        resume_from=None, distributed: Union[bool, str] = 'auto', scheduler: Optional[str] = None,
+        warmup_ratio: float = 0.0, weight_decay: Optional[float] = None) -> nn.Module:
     """Tune ``model`` so that items with equal labels embed close together; returns the model.
 
     ``train_data``/``eval_data``: docs or ``(inputs, labels)`` (see :mod:`executors.tuner.data`).
@@ -265,6 +268,12 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     ``preprocess_fn(content) -> input`` runs per item and batch (augmentation lives here);
     ``collate_fn(list_of_inputs) -> batch`` builds the model input.
     ``mixed_precision``: fp16 autocast + grad scaling on CUDA (default there), bf16 autocast on CPU.
+    ``scheduler``: ``'linear'``, ``'cosine'`` or ``'constant'`` after ``warmup_ratio`` of the steps
+    spent in linear warm-up (see :mod:`executors.tuner.schedules`); ``weight_decay`` goes to the
+    optimiser (``optimizer='adamw'``: decoupled weight decay).
+    Pair losses (``MultipleNegativesRankingLoss``) get batches of distinct labels with two items
+    each (``num_items_per_class=2`` unless given): no label occurs in two pairs of one batch, so
+    no in-batch negative is a false one.
     ``seed``: deterministic runs on CPU. After each epoch with ``eval_data`` the validation loss
     and leave-one-out retrieval metrics at ``eval_k`` land in ``tuner.state.metrics``.
     ``resume_from``: a :class:`TrainingCheckpoint` directory to continue from.
@@ -308,6 +317,16 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     if use_distributed:  # join torchrun's process group; on CUDA each process takes cuda:LOCAL_RANK
         torch_device = dist_utils.init_distributed(torch_device)
     loss_module = get_loss(loss, **(loss_kwargs or {})).to(torch_device)
+    num_items_per_class, batch_size = _pair_batching(loss_module, train_items, num_items_per_class, batch_size)
+    if scheduler is not None:
+        check_schedule(scheduler)
+        if configure_optimizer is not None:
+            raise InputError('scheduler: configure_optimizer builds its own scheduler; give one or the other')
+    check_warmup_ratio(warmup_ratio)
+    if weight_decay is not None:
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+            raise InputError(f'weight_decay: must be a number >= 0, got {weight_decay!r}')
+        optimizer_kwargs = {**(optimizer_kwargs or {}), 'weight_decay': float(weight_decay)}
     model.to(torch_device)
     if any(p.requires_grad for p in loss_module.parameters()):
         # proxy losses learn class weights alongside the model
@@ -325,12 +344,45 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
                   gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
                   mixed_precision=mixed_precision, eval_k=eval_k, eval_distance=eval_distance,
                   distributed=use_distributed)
+    if scheduler is not None:
+        steps_per_epoch = math.ceil(len(tuner.sampler) / gradient_accumulation_steps)
+        total = epochs * (steps_per_epoch if scheduler_step == 'batch' else 1)
+        tuner.scheduler = make_schedule(opt, scheduler, total, warmup_ratio)
     if resume_from is not None:
         from executors.tuner.checkpoint import restore_training_checkpoint
 
         restore_training_checkpoint(tuner, resume_from)
     tuned = tuner.run()
     return tuned.model if isinstance(tuned, _ModelWithLossParameters) else tuned
+
+
+def _pair_batching(loss_module: nn.Module, items: LabeledItems, num_items_per_class: Optional[int],
+                   batch_size: int):
+    """``(num_items_per_class, batch_size)`` for the loss: a pair loss (``items_per_label = 2``) gets
+    two items per label and at most one pair per label in a batch, so ``batch_size`` is capped at
+    twice the number of labels that have two items (with a warning)."""
+    per_label = getattr(loss_module, 'items_per_label', None)
+    if per_label is None or items.kind != 'class':
+        return num_items_per_class, batch_size
+    name = type(loss_module).__name__
+    if num_items_per_class is None:
+        num_items_per_class = per_label
+    elif num_items_per_class != per_label:
+        raise InputError(f'num_items_per_class: {name} trains on (anchor, positive) pairs, so it needs '
+                         f'num_items_per_class={per_label} (or leave it unset), got {num_items_per_class}')
+    counts = np.bincount(items.labels)
+    usable = int((counts >= per_label).sum())
+    if usable < 2:
+        raise InputError(f'train_data: {name} needs at least two labels with {per_label} items each '
+                         f'(so that in-batch negatives exist), got {usable}')
+    if batch_size > per_label * usable:
+        warnings.warn(f'batch_size: {batch_size} is more than {per_label} x the {usable} labels with '
+                      f'{per_label} items; {name} batches hold one pair per label, so batch_size is '
+                      f'{per_label * usable}', stacklevel=3)
+        batch_size = per_label * usable
+    elif batch_size % per_label:
+        raise InputError(f'batch_size: {name} batches hold pairs, so batch_size must be even, got {batch_size}')
+    return num_items_per_class, batch_size
 
 
 class _ModelWithLossParameters(nn.Module):
