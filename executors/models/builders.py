@@ -68,7 +68,7 @@ def model_spec(model: nn.Module) -> Dict[str, Any]:
 
 def _register_families() -> None:
     """Import the model families (one module each) so their builders register."""
-    from executors.models import mlp, torchvision_models, transformer  # noqa: F401
+    from executors.models import heads, mlp, torchvision_models, transformer  # noqa: F401
 
 
 _register_families()
