@@ -1,7 +1,9 @@
 """Fine-tune embedding models and serve them in FAISS search with Jina executors.
 
 The Python API (Jina-free) is importable from here: ``fit``, ``embed``, ``save``, ``load``,
-``display``, ``to_embedding_model``, ``build_model``, ``evaluate_embeddings``. The six
+``display``, ``to_embedding_model``, ``build_model``, ``evaluate_embeddings``, and the
+per-modality decoding and model input transforms (``build_decoder``, ``build_transform``,
+``attach_transform``, ``transform_of``). The six
 executors (``LabelAssigner``, ``Preprocessor``, ``FinetunerTrainer``, ``Encoder``,
 ``Indexer``, ``Evaluator``) are imported lazily, so using the core does not import Jina.
 """
@@ -15,6 +17,8 @@ _LAZY = {
     'save': 'executors.models', 'load': 'executors.models', 'build_model': 'executors.models',
     'ModelStore': 'executors.models', 'evaluate_embeddings': 'executors.evaluation.metrics',
     'InputError': 'executors.errors',
+    'build_decoder': 'executors.data.decoding', 'build_transform': 'executors.data.transforms',
+    'attach_transform': 'executors.data.transforms', 'transform_of': 'executors.data.transforms',
     'LabelAssigner': 'executors.label_assigner.executor', 'Preprocessor': 'executors.preprocessor.executor',
     'FinetunerTrainer': 'executors.finetuner_trainer.executor', 'Encoder': 'executors.encoder.executor',
     'Indexer': 'executors.indexer.executor', 'Evaluator': 'executors.evaluator.executor',

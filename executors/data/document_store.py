@@ -18,7 +18,8 @@ import numpy as np
 
 @dataclass
 class StoredDoc:
-    """One stored document; ``tensor`` is the model input it is re-embedded from."""
+    """One stored document; ``tensor`` (or ``text``) is the decoded value it is re-embedded from,
+    through the input transform of whichever model version embeds it."""
 
     id: str
     label: Optional[str] = None

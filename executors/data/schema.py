@@ -4,7 +4,7 @@ One schema for the whole pipeline, so each Flow's executors agree on it and it r
 through Jina's HTTP JSON and gRPC protobuf:
 
 * ``Doc``: one item (a vector, a text, an image or a mesh by ``uri``) with its label,
-  its model input (``tensor``), its embedding and the model version that made it, and
+  its decoded value (``tensor``), its embedding and the model version that made it, and
   its search results in ``matches``.
 * ``Match``: one search result: the stored document's id, label, text/uri, tags and score.
 * ``Report``: a key/value answer (status, metrics, model versions).
@@ -33,10 +33,12 @@ class Match(BaseDoc):
 
 
 class Doc(BaseDoc):
-    """One item: raw content (``text``/``uri``/``tensor``), ``label``, model input, embedding.
+    """One item: raw content (``text``/``uri``/``tensor``), ``label``, decoded value, embedding.
 
-    ``tensor`` holds the raw vector on input and the model input after the Preprocessor
-    (e.g. ``[3, H, W]`` for images, ``[N, 3]`` for point clouds). ``embedding`` is ``[D]``
+    ``tensor`` holds the raw vector or pixels on input and the model-independent decoded value
+    after the Preprocessor (vectors ``[D]``, image pixels uint8 ``[H, W, 3]``, point clouds
+    ``[N, 3]``; see :mod:`executors.data.decoding`), never a model-specific input: each model
+    version's input transform runs in the Encoder and the trainer. ``embedding`` is ``[D]``
     and ``model_version`` names the model version that computed it. While a model swap is
     being prepared the Encoder also fills ``candidate_embedding``/``candidate_version`` with
     the next version's embedding, so the Indexer's next generation stays complete.

@@ -1,4 +1,5 @@
-"""Encoder: embeds docs with the active model version and stamps ``doc.model_version``."""
+"""Encoder: embeds decoded docs with the active model version, through that version's own input
+transform (loaded from its ``model.json``), and stamps ``doc.model_version``."""
 from typing import Dict
 
 from jina import Executor, requests
@@ -31,6 +32,7 @@ class Encoder(Executor):
             vectors, version, candidate_vectors, candidate = self.encoder.embed_both(contents)
         else:
             (vectors, version), candidate_vectors, candidate = self.encoder.embed(contents), None, None
+        mark_truncated(docs, contents, self.encoder.input_transform(version))
         for i, doc in enumerate(docs):
             doc.embedding, doc.model_version = vectors[i], version
             if candidate is not None:
@@ -71,3 +73,15 @@ class Encoder(Executor):
         validate_parameters('/model/status', parameters)
         self.encoder.ensure_active()
         return report({'encoder': self.encoder.status()})
+
+
+TRUNCATED_TAG = 'truncated_to_tokens'
+
+
+def mark_truncated(docs, contents, transform) -> None:
+    """Tag each text the version's text transform cuts: ``doc.tags['truncated_to_tokens'] = max_length``."""
+    if transform is None or getattr(transform, 'modality', None) != 'text' or not transform.truncation:
+        return
+    texts = [(i, c) for i, c in enumerate(contents) if isinstance(c, str)]
+    for position in transform.truncated([c for _, c in texts]):
+        docs[texts[position][0]].tags[TRUNCATED_TAG] = transform.max_length

@@ -20,12 +20,14 @@ class FinetunerTrainer(Executor):
 
     ``store_dir``: the model store shared with the search flow; ``model_name``; ``model``: the
     base model's builder spec, published as version 1 when the store has none;
-    ``preprocessing``: recorded in each version's ``model.json``; ``fit_defaults``: defaults
-    for the ``/fit`` options.
+    ``input_transform``: the base model's input transform spec (e.g. ``{'modality': 'image',
+    'size': [224, 224]}``), stored in version 1's ``model.json`` and inherited by tuned versions;
+    every fit and evaluation runs the transform of the version it uses. ``fit_defaults``:
+    defaults for the ``/fit`` options.
     """
 
     def __init__(self, store_dir: str = 'models', model_name: str = 'model', model: Optional[Dict] = None,
-                 preprocessing: Optional[Dict] = None, fit_defaults: Optional[Dict] = None, seed: int = 0,
+                 input_transform: Optional[Dict] = None, fit_defaults: Optional[Dict] = None, seed: int = 0,
                  **kwargs):
         super().__init__(**kwargs)
         if model is None:
@@ -33,7 +35,7 @@ class FinetunerTrainer(Executor):
                              '{"builder": "mlp", "kwargs": {"layer_sizes": [3, 6, 6, 6]}} in uses_with')
         workspace = Path(self.workspace or 'workspace')
         self.service = TrainingService(ModelStore(store_dir), model_name, model, workspace,
-                                       preprocessing=preprocessing, seed=seed, fit_defaults=fit_defaults)
+                                       input_transform=input_transform, seed=seed, fit_defaults=fit_defaults)
 
     @requests(on='/train')
     def train(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:

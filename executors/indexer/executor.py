@@ -22,7 +22,7 @@ def _version_from(docs: DocList[Report], parameters: Dict, endpoint: str) -> int
 
 
 class Indexer(Executor):
-    """``/index`` stores docs; ``/search`` answers with ``matches`` (``limit``,
+    """``/index`` stores docs (with their decoded values, so any version can re-embed them); ``/search`` answers with ``matches`` (``limit``,
     default 10; score = cosine similarity). Model swaps: ``/model/prepare``, ``/model/missing``
     (stored docs the new generation lacks, to re-embed), ``/model/reindex``, ``/model/activate``,
     ``/model/status``. Everything lives in the executor's workspace.

@@ -4,26 +4,14 @@ Storing the builder spec instead of a pickled module is what lets a saved model 
 without unpickling anything: ``build_model(spec)`` then ``load_state_dict`` from safetensors.
 Every model built here carries its spec as ``model.builder_spec``.
 """
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from executors.errors import InputError
-
-MODEL_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
-SPEC_ATTRIBUTE = 'builder_spec'
-
-
-def register_builder(name: str):
-    """Decorator registering ``fn(**kwargs) -> nn.Module`` under ``name``."""
-
-    def decorate(fn):
-        MODEL_BUILDERS[name] = fn
-        return fn
-
-    return decorate
+from executors.models import heads, mlp, torchvision_models, transformer  # noqa: F401  (the families register their builders)
+from executors.models.registry import MODEL_BUILDERS, SPEC_ATTRIBUTE, register_builder
 
 
 @register_builder('embedding_model')
@@ -65,10 +53,3 @@ def model_spec(model: nn.Module) -> Dict[str, Any]:
         )
     return spec
 
-
-def _register_families() -> None:
-    """Import the model families (one module each) so their builders register."""
-    from executors.models import heads, mlp, torchvision_models, transformer  # noqa: F401
-
-
-_register_families()

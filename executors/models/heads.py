@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from executors.errors import InputError, positive_int
-from executors.models.builders import build_model, model_spec, register_builder
+from executors.models.registry import register_builder
 
 HEAD_KINDS = ('linear', 'feedforward')
 
@@ -54,6 +54,8 @@ class WithHead(nn.Module):
 
 @register_builder('with_head')
 def build_with_head(base: Dict[str, Any], head: Dict[str, Any]) -> WithHead:
+    from executors.models.builders import build_model
+
     if not isinstance(head, dict):
         raise InputError(f'head: expected {{"kind": ..., "in_dim": ..., "out_dim": ...}}, got {head!r}')
     return WithHead(build_model(base), build_model({'builder': 'head', 'kwargs': head}))
@@ -62,6 +64,8 @@ def build_with_head(base: Dict[str, Any], head: Dict[str, Any]) -> WithHead:
 def with_head(base: nn.Module, head: nn.Module) -> WithHead:
     """One model of a base built by ``build_model`` and a head from ``tuner.head_module()``; its spec
     rebuilds both, its state dict holds both (so a published version needs nothing else)."""
+    from executors.models.builders import model_spec
+
     head_spec = model_spec(head)
     if head_spec['builder'] != 'head':
         raise InputError('head: expected a head from FeedForwardTuner/ContrastiveTuner.head_module()')

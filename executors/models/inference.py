@@ -1,10 +1,11 @@
 """From documents to model batches to embeddings (used by training, serving and evaluation).
 
-* :func:`doc_content`: a doc's model input (``tensor``, else ``text``, else ``uri``);
+* :func:`doc_content`: a doc's content for the model (``tensor``, else ``text``, else ``uri``);
 * :func:`default_collate`: a list of inputs -> one batch (tensor ``[B, ...]``, list of
   strings, or dict of tensors);
 * :func:`to_device`: move a batch (tensor or dict of tensors) to a device;
-* :func:`embed`: embeddings ``[N, D]`` of docs or inputs with any ``torch.nn.Module``.
+* :func:`embed`: embeddings ``[N, D]`` of docs or inputs with any ``torch.nn.Module``, through
+  the model's input transform (:mod:`executors.data.transforms`) when it carries one.
 """
 from typing import Any, Callable, List, Optional
 
@@ -12,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from executors.data.transforms import transform_of
 from executors.errors import InputError
 
 
 def doc_content(doc) -> Any:
-    """A doc's model input: ``tensor`` if set, else ``text``, else ``uri``."""
+    """A doc's content for the model: ``tensor`` (the decoded value) if set, else ``text``, else ``uri``."""
     for field in ('tensor', 'text', 'uri'):
         value = getattr(doc, field, None)
         if value is not None:
@@ -55,12 +57,16 @@ def to_device(batch, device):
 def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
           preprocess_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None) -> np.ndarray:
     """Embeddings ``[N, D]`` (float32) of ``docs`` (docs with tensor/text/uri, or a list/array of
-    inputs), in eval mode; for docs, each ``doc.embedding`` is set as well."""
+    inputs), in eval mode; for docs, each ``doc.embedding`` is set as well.
+
+    Batches are ``collate_fn([preprocess_fn(x) ...])``; when neither is given and the model carries
+    an input transform, ``transform.batch(values)`` (no augmentation), else ``default_collate``."""
     items = list(docs)
     if not items:
         return np.zeros((0, 0), dtype=np.float32)
     is_docs = hasattr(items[0], 'embedding')
     contents = [doc_content(d) for d in items] if is_docs else items
+    transform = transform_of(model) if preprocess_fn is None and collate_fn is None else None
     was_training = model.training
     model.eval()
     model.to(device)
@@ -70,7 +76,8 @@ def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
             chunk = contents[start:start + batch_size]
             if preprocess_fn is not None:
                 chunk = [preprocess_fn(c) for c in chunk]
-            result = model(to_device((collate_fn or default_collate)(chunk), device))
+            batch = transform.batch(chunk) if transform is not None else (collate_fn or default_collate)(chunk)
+            result = model(to_device(batch, device))
             if result.ndim != 2:
                 raise InputError(f'model: must return embeddings of shape [B, D], returned {tuple(result.shape)}; '
                                  'cut it with to_embedding_model')

@@ -4,7 +4,7 @@ from typing import Sequence
 from torch import nn
 
 from executors.errors import InputError
-from executors.models.builders import register_builder
+from executors.models.registry import register_builder
 
 _ACTIVATIONS = {'relu': nn.ReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh, 'silu': nn.SiLU}
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from executors.errors import InputError
-from executors.models.builders import register_builder
+from executors.models.registry import register_builder
+
 
 @register_builder('torchvision')
 def build_torchvision(arch: str, weights_path: Optional[str] = None, **arch_kwargs) -> nn.Module:

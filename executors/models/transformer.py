@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from executors.errors import InputError
-from executors.models.builders import register_builder
+from executors.models.registry import register_builder
 
 POOLINGS = ('mean', 'cls', 'max')
 DEFAULT_MODEL_NAME = 'all-MiniLM-L6-v2'

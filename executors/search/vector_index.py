@@ -2,7 +2,7 @@
 
 ``SearchIndex(workspace)`` keeps
 
-* ``docs.sqlite``: every indexed document (id, label, text, uri, tags, model input tensor),
+* ``docs.sqlite``: every indexed document (id, label, text, uri, tags, decoded tensor),
   so it can be re-embedded when the model changes;
 * ``generations/<version>.faiss``: one FAISS index per model version whose embeddings it
   holds (``IndexIDMap2`` over ``IndexFlatIP`` of L2-normalised vectors, i.e. cosine

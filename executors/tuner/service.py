@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from executors.data.transforms import attach_transform, build_transform
 from executors.models.inference import embed
 from executors.errors import InputError
 from executors.data.document_store import DocumentStore, StoredDoc
@@ -32,7 +33,7 @@ from executors.tuner.trainer import fit
 
 FIT_DEFAULTS = {'epochs': 10, 'batch_size': 256, 'learning_rate': 1e-3, 'loss': 'SiameseLoss', 'loss_kwargs': {},
                 'optimizer': 'adam', 'num_items_per_class': None, 'seed': 0, 'eval_fraction': 0.2, 'eval_k': 10,
-                'from_scratch': False}
+                'from_scratch': False, 'scheduler': None, 'warmup_ratio': 0.0, 'weight_decay': None}
 
 
 class _JobProgress(Callback):
@@ -76,12 +77,17 @@ def data_digest(docs: List[StoredDoc]) -> str:
 
 
 class TrainingService:
-    """Training docs in ``<workspace>/training.sqlite``; tuned models in ``store``."""
+    """Training docs (decoded values) in ``<workspace>/training.sqlite``; tuned models in ``store``.
+
+    ``input_transform``: the base model's input transform spec (see :mod:`executors.data.transforms`),
+    attached to version 1 (and to a ``from_scratch`` model); a tuned version inherits the transform
+    of the version it was tuned from, and ``fit``/``embed`` run the transform of the version at hand.
+    """
 
     def __init__(self, store: ModelStore, model_name: str, model_spec: Dict[str, Any], workspace,
-                 preprocessing: Optional[Dict[str, Any]] = None, seed: int = 0, fit_defaults=None):
+                 input_transform: Optional[Dict[str, Any]] = None, seed: int = 0, fit_defaults=None):
         self.store, self.model_name, self.model_spec = store, model_name, model_spec
-        self.preprocessing = preprocessing or {'modality': 'vector'}
+        self.input_transform = None if input_transform is None else build_transform(input_transform).to_spec()
         self.fit_defaults = {**FIT_DEFAULTS, **(fit_defaults or {})}
         unknown = set(self.fit_defaults) - set(FIT_DEFAULTS)
         if unknown:
@@ -98,10 +104,9 @@ class TrainingService:
         """Publish the untuned base model as version 1 if the store has no version yet."""
         current = self.store.current_version(self.model_name)
         if current is None:
-            model = build_model(self.model_spec, seed=self.seed)
+            model = attach_transform(build_model(self.model_spec, seed=self.seed), self.input_transform)
             current = self.store.publish(self.model_name, model, {
-                'stage': 'initial', 'parent': None, 'preprocessing': self.preprocessing, 'seed': self.seed,
-                'created': time.time()}).version
+                'stage': 'initial', 'parent': None, 'seed': self.seed, 'created': time.time()}).version
         return current
 
     def add(self, docs: List[StoredDoc]) -> int:
@@ -167,9 +172,9 @@ class TrainingService:
     def _fit(self, job, docs, items, opts) -> Dict[str, Any]:
         parent = self.store.current_version(self.model_name)
         if opts['from_scratch']:
-            model, config = build_model(self.model_spec, seed=opts['seed']), {'preprocessing': self.preprocessing}
+            model = attach_transform(build_model(self.model_spec, seed=opts['seed']), self.input_transform)
         else:
-            model, config = self.store.load(self.model_name, parent)
+            model, _ = self.store.load(self.model_name, parent)  # with the parent version's input transform
         train_idx, eval_idx = stratified_split(items.labels, opts['eval_fraction'], opts['seed'])
         contents = items.contents
         train = ([contents[i] for i in train_idx], items.labels[train_idx])
@@ -185,12 +190,13 @@ class TrainingService:
         fit(model, train, held_out, loss=opts['loss'], loss_kwargs=opts['loss_kwargs'], epochs=opts['epochs'],
             batch_size=opts['batch_size'], learning_rate=opts['learning_rate'], optimizer=opts['optimizer'],
             num_items_per_class=opts['num_items_per_class'], seed=opts['seed'], eval_k=max(k, 1),
+            scheduler=opts['scheduler'], warmup_ratio=opts['warmup_ratio'], weight_decay=opts['weight_decay'],
             callbacks=[_JobProgress(job)], progress_bar=False)
         history = job.get('history', [])
         after = evaluate()
         clean = lambda d: {k_: (None if isinstance(v, float) and math.isnan(v) else v) for k_, v in d.items()}
         published = self.store.publish(self.model_name, model, {
-            'stage': 'tuned', 'parent': parent, 'preprocessing': config.get('preprocessing', self.preprocessing),
+            'stage': 'tuned', 'parent': parent,
             'fit': {k_: v for k_, v in opts.items()}, 'metrics_before': before, 'metrics_after': after,
             'history': [clean(h) for h in history], 'training_data_digest': data_digest(docs),
             'num_train': int(len(train_idx)), 'num_eval': int(len(eval_idx)), 'created': time.time()})

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from executors.data.transforms import TransformCollate, transform_of
 from executors.models.inference import to_device
 from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
@@ -157,6 +158,7 @@ class Tuner:
         self.model.eval()
         self._hook('on_val_begin')
         n = len(self.eval_items)
+        pair_loss = getattr(self.loss, 'items_per_label', None) is not None and self.eval_items.kind == 'class'
         losses, embeddings = [], []
         for start in range(0, n, self.batch_size):
             self._hook('on_val_batch_begin')
@@ -164,10 +166,14 @@ class Tuner:
             inputs, labels = make_batch(self.eval_items, indices, self.preprocess_fn, self.collate_fn)
             with self._autocast():
                 batch_embeddings = self.model(to_device(inputs, self.device)).float()
-            losses.append(float(self.loss(batch_embeddings, labels.to(self.device))))
+            if not pair_loss:
+                losses.append(float(self.loss(batch_embeddings, labels.to(self.device))))
             embeddings.append(batch_embeddings.cpu().numpy())
             self._hook('on_val_batch_end')
-        state.val_loss = float(np.mean(losses))
+        if pair_loss:  # consecutive chunks are not pairs: score the loss on pair batches of the embeddings
+            losses = _pair_batch_losses(self.loss, np.concatenate(embeddings), self.eval_items.labels,
+                                        self.batch_size, self.device)
+        state.val_loss = float(np.mean(losses)) if len(losses) else math.nan
         labels = np.repeat(self.eval_items.labels, self.eval_items.views_per_item)  # one per embedding row
         k = min(self.eval_k, n - 1)
         state.metrics.update(evaluate_embeddings(np.concatenate(embeddings), labels, k=k,
@@ -266,7 +272,9 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     scheduler steps every batch or every epoch (``scheduler_step``).
     ``num_items_per_class``: sample batches of ``batch_size // m`` classes with ``m`` items each.
     ``preprocess_fn(content) -> input`` runs per item and batch (augmentation lives here);
-    ``collate_fn(list_of_inputs) -> batch`` builds the model input.
+    ``collate_fn(list_of_inputs) -> batch`` builds the model input. When neither is given and the
+    model carries an input transform (:mod:`executors.data.transforms`), batches are
+    ``transform.batch(...)``, augmented for training batches only (:class:`TransformCollate`).
     ``mixed_precision``: fp16 autocast + grad scaling on CUDA (default there), bf16 autocast on CPU.
     ``scheduler``: ``'linear'``, ``'cosine'`` or ``'constant'`` after ``warmup_ratio`` of the steps
     spent in linear warm-up (see :mod:`executors.tuner.schedules`); ``weight_decay`` goes to the
@@ -308,6 +316,9 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
                          '(preprocess once with the Preprocessor to make input loading cheap)')
     if seed is not None:
         seed_everything(seed)
+    if preprocess_fn is None and collate_fn is None and transform_of(model) is not None:
+        # the model's own input transform; augments while the model is in train mode (training batches)
+        collate_fn = TransformCollate(transform_of(model), model, np.random.default_rng(seed))
     train_items = to_labeled_items(train_data)
     eval_items = to_labeled_items(eval_data, field='eval_data') if eval_data is not None else None
     if eval_items is not None and len(eval_items) < 2:
@@ -354,6 +365,23 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
         restore_training_checkpoint(tuner, resume_from)
     tuned = tuner.run()
     return tuned.model if isinstance(tuned, _ModelWithLossParameters) else tuned
+
+
+def _pair_batch_losses(loss: nn.Module, embeddings: np.ndarray, labels: np.ndarray, batch_size: int,
+                       device) -> List[float]:
+    """A pair loss over fixed (seed 0) batches of one pair per label drawn from ``embeddings [N, D]``."""
+    from executors.tuner.samplers import ClassSampler
+
+    per_label = loss.items_per_label
+    usable = int((np.bincount(labels) >= per_label).sum())
+    if usable < 2:
+        return []
+    size = min(batch_size - batch_size % per_label, per_label * usable) or per_label * usable
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # labels with one eval item are left out, as in training
+        sampler = ClassSampler(labels, size, per_label, seed=0)
+    vectors, ids = torch.from_numpy(embeddings).to(device), torch.from_numpy(labels).to(device)
+    return [float(loss(vectors[batch], ids[batch])) for batch in sampler]
 
 
 def _pair_batching(loss_module: nn.Module, items: LabeledItems, num_items_per_class: Optional[int],

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from executors.data.transforms import attach_transform, build_transform, transform_of
 from executors.errors import InputError
 from executors.models import ModelStore, build_model, load, save
 from executors.models.store import POINTER_FILE
@@ -75,3 +76,27 @@ def test_corrupt_version_directory_is_reported(tmp_path):
     (tmp_path / 'empty' / 'model.json').write_text(json.dumps({'model': MLP}))
     with pytest.raises(InputError, match='weights.safetensors'):
         load(tmp_path / 'empty')
+
+
+def test_input_transform_round_trips_through_model_json(tmp_path):
+    spec = {'modality': 'vector', 'dim': 3, 'mean': [1.0, 0.0, -1.0], 'std': 2.0}
+    model = attach_transform(build_model(MLP, seed=1), spec)
+    save(model, tmp_path / 'm')
+    config = json.loads((tmp_path / 'm' / 'model.json').read_text())
+    assert config['input_transform'] == spec
+    loaded, _ = load(tmp_path / 'm')
+    assert transform_of(loaded) == build_transform(spec)
+
+    store = ModelStore(tmp_path / 'store')
+    store.publish('m', model)
+    store.publish('m', build_model(MLP, seed=2))  # a version without a transform
+    assert transform_of(store.load('m', 1)[0]) == build_transform(spec) and store.config('m', 1)['input_transform'] == spec
+    assert transform_of(store.load('m', 2)[0]) is None and 'input_transform' not in store.config('m', 2)
+
+
+def test_bad_stored_input_transform_is_reported(tmp_path):
+    save(build_model(MLP), tmp_path / 'm')
+    config = json.loads((tmp_path / 'm' / 'model.json').read_text())
+    (tmp_path / 'm' / 'model.json').write_text(json.dumps({**config, 'input_transform': {'modality': 'vector', 'std': -1}}))
+    with pytest.raises(InputError, match=r'std: expected a number in \(0, inf\)'):
+        load(tmp_path / 'm')

@@ -61,3 +61,20 @@ def test_one_usable_label_is_refused():
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     with pytest.raises(InputError, match='^train_data: MultipleNegativesRankingLoss needs at least two labels'):
         fit(mlp(4, 8), (x, [0, 0, 0, 1, 2]), loss='MultipleNegativesRankingLoss', epochs=1, progress_bar=False)
+
+
+def test_mnrl_with_eval_data_scores_pair_batches():
+    """Validation cuts consecutive chunks, which are not pairs: the pair loss is scored on pair batches."""
+    x, y = blobs(per_class=10, classes=4)
+    x_eval, y_eval = blobs(per_class=5, classes=4, seed=1)
+    from executors.tuner.callbacks import Callback
+
+    seen = {}
+
+    class Grab(Callback):
+        def on_epoch_end(self, tuner):
+            seen.update(tuner.state.metrics)
+
+    fit(mlp(4, 8), (x, y), (x_eval, y_eval), loss='MultipleNegativesRankingLoss', epochs=2, batch_size=8,
+        progress_bar=False, seed=0, callbacks=[Grab()])
+    assert np.isfinite(seen['val_loss']) and seen['val_loss'] > 0 and 'mAP@10' in seen

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from executors.errors import InputError
 from executors.data.document_store import StoredDoc
@@ -76,3 +77,21 @@ def test_stratified_split_holds_out_each_class():
     train, held_out = stratified_split(labels, 0.2, seed=0)
     assert sorted(np.concatenate([train, held_out]).tolist()) == list(range(17))
     assert np.bincount(labels[held_out], minlength=3).tolist() == [2, 2, 0]
+
+
+def test_versions_carry_the_base_models_input_transform(tmp_path):
+    spec = {'modality': 'vector', 'dim': 2, 'mean': [1.0, -1.0], 'std': 4.0}
+    service = TrainingService(ModelStore(tmp_path / 'models'), 'm', MLP, tmp_path / 'ws', input_transform=spec,
+                              fit_defaults={'epochs': 2, 'batch_size': 32})
+    assert service.store.config('m', 1)['input_transform'] == spec
+    service.add(_blobs())
+    assert service.start_fit({}, wait=True)['job']['state'] == 'done'
+    assert service.store.config('m', 2)['input_transform'] == spec  # inherited from the parent version
+    tuned, _ = service.store.load('m', 2)
+    x = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    vectors, version = service.embed(list(x), 2)
+    with torch.no_grad():
+        expected = tuned(torch.from_numpy((x - np.array([1.0, -1.0], np.float32)) / 4.0)).numpy()
+    assert version == 2 and np.allclose(vectors, expected, atol=1e-6)
+    with pytest.raises(InputError, match="modality: unknown modality 'sound'"):
+        TrainingService(ModelStore(tmp_path / 'other'), 'm', MLP, tmp_path / 'ws2', input_transform={'modality': 'sound'})
