@@ -1,4 +1,5 @@
-# `make demo`: set up .venv (first run: a few minutes) and run the swiss-roll scenario end to end.
+# `make demo`: set up .venv (first run: a few minutes) and run the swiss-roll scenario end to end;
+# `make demo SCENARIO=text` (DEMO_ARGS=--quick for a small subset) runs the CLINC150 text scenario.
 # `make test`: set up .venv and run the whole test suite.  `make bench`: the benchmarks.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -18,8 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+SCENARIO ?= swiss_roll
+DEMO_ARGS ?=
+
 demo: $(STAMP)
-	$(PYTHON) -m executors.demos.swiss_roll
+	$(PYTHON) -m executors.demos.$(SCENARIO) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
