@@ -31,6 +31,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_fit.py
 	$(PYTHON) benchmarks/bench_miners.py
+	$(PYTHON) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PYTHON) benchmarks/bench_text.py
 
 clean:
 	rm -rf $(VENV) results workspace
