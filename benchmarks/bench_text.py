@@ -71,7 +71,7 @@ def peer(pairs, batch_pairs, lr):
     with tempfile.TemporaryDirectory() as out:
         args = SentenceTransformerTrainingArguments(
             output_dir=out, num_train_epochs=1, per_device_train_batch_size=batch_pairs, learning_rate=lr,
-            warmup_ratio=0.1, batch_sampler='no_duplicates', save_strategy='no', report_to=[], seed=0,
+            warmup_steps=0.1, batch_sampler='no_duplicates', save_strategy='no', report_to=[], seed=0,
             use_cpu=True, logging_strategy='no', dataloader_drop_last=False)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                              loss=MultipleNegativesRankingLoss(model))
