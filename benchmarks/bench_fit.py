@@ -4,7 +4,8 @@
                                     --batch 256 --repeats 15 --device cpu --profile]
 
 Both loops train the same MLP from the same initial weights with ``SiameseLoss`` and Adam, on the same
-batches (the ``ShuffleSampler`` order ``fit`` uses for ``seed=0``). ``fit`` is timed end to end (input
+batches (the class-balanced ``ClassSampler`` order ``fit`` uses by default for ``seed=0``, see
+``default_items_per_class``). ``fit`` is timed end to end (input
 checks, data normalisation, sampler, hooks); the plain loop indexes a pre-built tensor. After a warm-up
 run of each, the two are timed alternately ``--repeats`` times; the report has the medians, the ratio
 fit/plain (target <= 1.05), the median of the per-pair ratios (less sensitive to load drifting during the
@@ -25,8 +26,8 @@ from timing import seconds
 
 from executors.models.builders import build_model
 from executors.tuner.losses import SiameseLoss
-from executors.tuner.samplers import ShuffleSampler
-from executors.tuner.trainer import fit
+from executors.tuner.samplers import ClassSampler
+from executors.tuner.trainer import default_items_per_class, fit
 
 RESULTS = Path(__file__).resolve().parents[1] / 'results' / 'bench_fit.json'
 SEED = 0
@@ -37,7 +38,8 @@ def plain_epoch(model, X, y, batch_size, lr, device):
     X_t, y_t = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
     loss_fn = SiameseLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    sampler = ShuffleSampler(len(X), batch_size, seed=SEED)
+    items_per_class, batch = default_items_per_class(y, batch_size)
+    sampler = ClassSampler(y, batch, items_per_class, seed=SEED)
     sampler.set_epoch(0)
     model.train()
     for indices in sampler:

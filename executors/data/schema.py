@@ -64,9 +64,10 @@ class Report(BaseDoc):
 
 def doc_label(doc: Doc) -> Optional[str]:
     """The doc's label: ``doc.label``, else the legacy ``tags['finetuner_label']`` as a string."""
-    if doc.label is not None:
-        return doc.label
-    legacy = doc.tags.get(LEGACY_LABEL_TAG)
+    label = getattr(doc, 'label', None)  # docarray v1-style objects have tags but no label field
+    if label is not None:
+        return label
+    legacy = (getattr(doc, 'tags', None) or {}).get(LEGACY_LABEL_TAG)
     return None if legacy is None else tag_text(legacy)
 
 

@@ -121,6 +121,11 @@ def r_precision(relevance, num_relevant, k: int | None = None) -> np.ndarray:
     return _nan_where_undefined(_r_precision(gains > 0, num_relevant), num_relevant)
 
 
+def metric_keys(k: int, metrics: Iterable[str] | None = None) -> list[str]:
+    """The result keys of ``retrieval_metrics`` at cutoff ``k``: ``'hit@k'``, ..., ``'MRR'``, ``'R-precision'``."""
+    return [name if name in ("MRR", "R-precision") else f"{name}@{k}" for name in _validated_metric_names(metrics)]
+
+
 def retrieval_metrics(
     relevance, num_relevant, k: int | None, metrics: Iterable[str] | None = None, ideal_gains=None
 ) -> dict[str, float]:

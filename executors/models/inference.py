@@ -3,10 +3,11 @@
 * :func:`doc_content`: a doc's content for the model (``tensor``, else ``text``, else ``uri``);
 * :func:`default_collate`: a list of inputs -> one batch (tensor ``[B, ...]``, list of
   strings, or dict of tensors);
-* :func:`to_device`: move a batch (tensor or dict of tensors) to a device;
+* :func:`to_device`: move a batch (tensor, mapping or list of tensors) to a device;
 * :func:`embed`: embeddings ``[N, D]`` of docs or inputs with any ``torch.nn.Module``, through
   the model's input transform (:mod:`executors.data.transforms`) when it carries one.
 """
+from collections.abc import Mapping
 from typing import Any, Callable, List, Optional
 
 import numpy as np
@@ -45,11 +46,22 @@ def default_collate(inputs: List[Any]):
 
 
 def to_device(batch, device):
-    """``batch`` on ``device``: tensors and dicts of tensors move, anything else (texts) stays."""
+    """``batch`` on ``device``: tensors move, as do the values of any ``Mapping`` (a dict, or a
+    transformers ``BatchEncoding``, which keeps its type) and the items of lists/tuples; anything else
+    (texts) stays."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, Mapping):
+        moved = {k: to_device(v, device) for k, v in batch.items()}
+        if type(batch) is dict:
+            return moved
+        try:  # keep the user's mapping type (attribute access such as encoding.input_ids keeps working)
+            return type(batch)(moved)
+        except Exception:  # noqa: BLE001 - a mapping type that cannot be built from a dict
+            return moved
+    if isinstance(batch, (list, tuple)) and any(isinstance(x, (torch.Tensor, Mapping)) for x in batch):
+        moved = [to_device(x, device) for x in batch]
+        return type(batch)(*moved) if hasattr(batch, '_fields') else type(batch)(moved)
     return batch
 
 
@@ -61,6 +73,9 @@ def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
 
     Batches are ``collate_fn([preprocess_fn(x) ...])``; when neither is given and the model carries
     an input transform, ``transform.batch(values)`` (no augmentation), else ``default_collate``."""
+    if isinstance(batch_size, str):  # the old Finetuner's embed(docs, model, device, batch_size)
+        raise InputError(f'batch_size: got {batch_size!r}; the third argument of embed is batch_size (the old '
+                         f'Finetuner had device there): write embed(docs, model, device={batch_size!r})')
     items = list(docs)
     if not items:
         return np.zeros((0, 0), dtype=np.float32)

@@ -32,7 +32,7 @@ import math
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import numpy as np
 
@@ -47,6 +47,19 @@ class Callback:
     """
 
     main_process_only = False
+
+    def metric_names(self, tuner) -> Optional[Iterable[str]]:
+        """The ``tuner.state.metrics`` keys this callback adds each epoch; None: unknown (may add any).
+
+        The callbacks of this module add none (:class:`EvaluationCallback` overrides this). A callback
+        defined elsewhere is taken to add none unless it overrides ``on_train_epoch_end``, ``on_val_end`` or
+        ``on_epoch_end`` (where per-epoch metrics are added): then None, unless it overrides this method,
+        and a ``monitor`` listed after it is checked only when the epoch ends."""
+        if type(self).__module__ == __name__:
+            return ()
+        cls = type(self)
+        epoch_hooks = ('on_train_epoch_end', 'on_val_end', 'on_epoch_end')
+        return None if any(getattr(cls, hook) is not getattr(Callback, hook) for hook in epoch_hooks) else ()
 
     def on_fit_begin(self, tuner): ...
     def on_epoch_begin(self, tuner): ...
@@ -144,6 +157,11 @@ class EvaluationCallback(Callback):
         self.k = min(int(k), candidates)
         self.metrics: Dict[str, float] = {}
 
+    def metric_names(self, tuner):
+        from executors.evaluation.metrics import metric_keys
+
+        return [self.prefix + key for key in metric_keys(self.k)]
+
     def _embed(self, tuner, contents):
         from executors.models.inference import embed
 
@@ -167,6 +185,19 @@ class EvaluationCallback(Callback):
 
 
 _MAX_HINTS = ('@', 'mrr', 'precision', 'recall', 'map', 'ndcg', 'hit', 'acc', 'f1', 'auc')
+# the old Finetuner's metric names -> ours (without the '@k' cutoff, which the run's k completes)
+_OLD_METRIC_NAMES = {'precision_at_k': 'precision@', 'recall_at_k': 'recall@', 'hit_at_k': 'hit@',
+                     'average_precision': 'mAP@', 'ndcg_at_k': 'NDCG@', 'reciprocal_rank': 'MRR',
+                     'r_precision': 'R-precision'}
+
+
+def _old_name_hint(monitor: str, names) -> str:
+    stem = monitor.split('/')[-1]
+    prefix = monitor[:len(monitor) - len(stem)]
+    if stem not in _OLD_METRIC_NAMES:
+        return ''
+    new = [name for name in names if name.startswith(prefix + _OLD_METRIC_NAMES[stem])]
+    return f" (the old Finetuner's {stem!r} is {new[0]!r} here)" if new else ''
 
 
 class _Monitor:
@@ -193,6 +224,26 @@ class _Monitor:
 
     def reset(self) -> None:
         self.best = None if self.baseline is None else float(self.baseline)
+
+    def check_produced(self, tuner, callback, owner: str) -> None:
+        """Before training: InputError unless the run will produce ``monitor`` for ``callback`` (listing the
+        metrics it will produce), or ``mode='auto'`` cannot tell the direction. Skipped when an earlier
+        callback does not say which metrics it adds."""
+        expected = getattr(tuner, 'expected_metrics', None)
+        names = expected(callback) if expected is not None else None
+        if names is None:
+            return
+        if self.monitor not in names:
+            later = expected(None) or []
+            order = (f'; it is added by a callback listed after {owner}: list {owner} after it'
+                     if self.monitor in later else '')
+            raise InputError(f'monitor: {owner} watches {self.monitor!r}, which this run never produces; '
+                             f'its metrics are {names}{_old_name_hint(self.monitor, later or names)}{order}'
+                             + ('' if 'val_loss' in names else '; pass eval_data to fit for val_loss and '
+                                'retrieval metrics'))
+        if self.mode == 'auto':
+            raise InputError(f"mode: cannot tell whether {self.monitor!r} should grow or shrink; "
+                             f"pass {owner}(..., mode='min') or mode='max'")
 
     def value(self, tuner, owner: str) -> float:
         metrics = tuner.state.metrics
@@ -259,6 +310,7 @@ class EarlyStopping(_MonitorCallback):
             self.wait += 1
 
     def on_fit_begin(self, tuner):
+        self._monitor.check_produced(tuner, self, 'EarlyStopping')
         self._monitor.reset()
         self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
         for entry in tuner.state.history:  # resumed fit: replay the epochs already done
@@ -303,6 +355,7 @@ class BestModelCheckpoint(_MonitorCallback):
         return self.save_dir / BEST_DIR
 
     def on_fit_begin(self, tuner):
+        self._monitor.check_produced(tuner, self, 'BestModelCheckpoint')
         self._monitor.reset()
         self.best_epoch = None
         info_path = self.path / BEST_INFO_FILE

@@ -10,11 +10,15 @@ Three kinds, as in the old Finetuner; a mix of kinds in one dataset is an error:
 Accepted inputs: a sequence of :class:`executors.data.schema.Doc` (or any objects with the same
 fields) or a tuple ``(inputs, labels)`` of arrays / lists of equal length.
 
+Inputs holding NaN or inf are refused with an :class:`InputError` naming the item: as arrays when the
+data is read, and as model input after ``preprocess_fn``/``collate_fn`` when a batch is built.
+
 Session data is reduced to labels: a query and its ``+1`` matches share one label, every
 ``-1`` match gets a label of its own, so any class-data loss applies. Batches hold whole
 sessions (``SessionSampler``); items of other sessions in a batch act as extra negatives,
 as in-batch negatives do.
 """
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -38,6 +42,7 @@ class LabeledItems:
     label_names: List[str]
     views_per_item: int = 1  # instance data: 2 augmented views per item
     sessions: Optional[np.ndarray] = None  # session data: session id per item [N] (batches keep sessions whole)
+    field: str = 'train_data'  # the argument the items came from (named in errors)
 
     def __len__(self) -> int:
         return len(self.contents)
@@ -54,6 +59,18 @@ def _match_target(match) -> Optional[int]:
     if target not in (1, -1):
         raise InputError(f'matches[{match.id}].label: session matches are labelled +1 or -1, got {value!r}')
     return target
+
+
+def _check_finite(value, where: str) -> None:
+    """InputError naming ``where`` if ``value`` is a numeric array holding NaN or inf."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in 'fc' and not np.isfinite(value).all():
+        raise InputError(f'{where}: holds NaN or inf values, which would turn every weight into NaN; '
+                         'fix or drop this item')
+
+
+def _item_where(field: str, index: int, doc=None) -> str:
+    doc_id = getattr(doc, 'id', None)
+    return f'{field}[{index}]' + (f' (id {doc_id})' if doc_id is not None else '')
 
 
 def detect_kind(docs: Sequence, field: str = 'train_data') -> str:
@@ -94,11 +111,25 @@ def to_labeled_items(data, require_classes: int = 2, field: str = 'train_data') 
             raise InputError(f'{field}: {len(inputs)} inputs but {len(labels)} labels; pass one label per input')
         # a numeric array stays one array, so make_batch can gather a batch in one step
         contents = inputs if isinstance(inputs, np.ndarray) and inputs.dtype.kind in 'biuf' else list(inputs)
+        if isinstance(contents, np.ndarray) and contents.dtype.kind == 'f' and not np.isfinite(contents).all():
+            bad = int(np.flatnonzero(~np.isfinite(contents.reshape(len(contents), -1)).all(axis=1))[0])
+            _check_finite(contents[bad], f'{field}[0][{bad}]')
+        elif not isinstance(contents, np.ndarray):
+            for index, value in enumerate(contents):
+                _check_finite(np.asarray(value) if isinstance(value, (list, tuple)) else value,
+                              f'{field}[0][{index}]')
         ids, names = _encode_labels([str(x) for x in (labels.tolist() if hasattr(labels, 'tolist') else labels)])
         items = LabeledItems(CLASS, contents, ids, names)
     else:
         docs = list(data)
         kind = detect_kind(docs, field)
+        for index, doc in enumerate(docs):
+            tensor = getattr(doc, 'tensor', None)
+            _check_finite(None if tensor is None else np.asarray(tensor), _item_where(field, index, doc))
+            for position, match in enumerate(getattr(doc, 'matches', None) or []):
+                tensor = getattr(match, 'tensor', None)
+                _check_finite(None if tensor is None else np.asarray(tensor),
+                              f'{_item_where(field, index, doc)}.matches[{position}]')
         if kind == CLASS:
             ids, names = _encode_labels([doc_label(d) for d in docs])
             items = LabeledItems(CLASS, [doc_content(d) for d in docs], ids, names)
@@ -125,7 +156,41 @@ def to_labeled_items(data, require_classes: int = 2, field: str = 'train_data') 
             f'{field}: has {len(items.label_names)} class(es) {items.label_names[:5]}; '
             f'metric learning needs at least {require_classes} labels so that negatives exist'
         )
+    items.field = field
     return items
+
+
+def align_labels(items: LabeledItems, reference: LabeledItems) -> LabeledItems:
+    """``items`` (class data) with labels numbered as in ``reference`` (the training data): a label name
+    present in training gets its training id, an unseen one a new id ``>= len(reference.label_names)``.
+    Other kinds are returned unchanged."""
+    if items.kind != CLASS or reference.kind != CLASS:
+        return items
+    names = list(reference.label_names)
+    index = {name: i for i, name in enumerate(names)}
+    ids = []
+    for label in items.labels.tolist():
+        name = items.label_names[label]
+        if name not in index:
+            index[name] = len(names)
+            names.append(name)
+        ids.append(index[name])
+    return LabeledItems(items.kind, items.contents, np.asarray(ids, dtype=np.int64), names,
+                        items.views_per_item, items.sessions, items.field)
+
+
+def _check_finite_batch(items: LabeledItems, indices: np.ndarray, batch) -> None:
+    """InputError naming the first item whose model input (a float tensor, or one per key) is not finite."""
+    import torch
+
+    tensors = batch.values() if isinstance(batch, Mapping) else [batch]
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and len(tensor) == len(indices):
+            finite = torch.isfinite(tensor.reshape(len(tensor), -1)).all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise InputError(f'{items.field}[{int(indices[row])}]: its model input (after preprocess_fn and '
+                                 'collate_fn) holds NaN or inf values; fix or drop this item')
 
 
 def make_batch(items: LabeledItems, indices: Sequence[int], preprocess_fn: Optional[Callable],
@@ -141,4 +206,5 @@ def make_batch(items: LabeledItems, indices: Sequence[int], preprocess_fn: Optio
     if preprocess_fn is not None:
         contents = [preprocess_fn(c) for c in contents]
     batch = (collate_fn or default_collate)(contents)
+    _check_finite_batch(items, indices, batch)
     return batch, torch.from_numpy(items.labels[indices])

@@ -7,7 +7,8 @@ Shared behaviour:
 * the loss is computed in the embeddings' dtype (float32 / float64), with float16 / bfloat16 upcast to
   float32 and autocast disabled inside the loss;
 * a batch without any term the loss is defined on (e.g. no valid triplet) gives ``embeddings.sum() * 0``:
-  a zero that keeps the autograd graph, so ``backward()`` still works (zero gradients);
+  a zero that keeps the autograd graph, so ``backward()`` still works (zero gradients), and sets
+  ``loss.found_no_terms = True`` until the next call (``fit`` counts and reports such batches);
 * ``s(x, y)`` is cosine similarity, ``d(x, y)`` the loss's ``distance``
   (see :mod:`executors.tuner.distances`);
 * every loss takes an optional ``miner``. :class:`TripletLoss` takes a triplet miner
@@ -21,6 +22,8 @@ Shared behaviour:
   selections are per anchor (so :class:`~executors.tuner.miners.AllPairsMiner`, which lists each pair
   once with ``i < j``, gives each pair to its smaller index only). Mining that gives no term of the loss
   gives the graph-keeping zero. ``miner=None`` is the behaviour without mining described in each docstring.
+  A miner built without a ``distance`` mines with the loss's ``distance`` (cosine for the losses that
+  have none), as in the old Finetuner.
 
 :func:`get_loss` builds a loss from its class name.
 """
@@ -46,6 +49,15 @@ def _check_number(value, field: str, minimum: float = None, above: float = None,
                   f'< {below:.4g}' if below is not None else '']
         raise InputError(f'{field}: must be {" and ".join(b for b in bounds if b)}, got {value!r}')
     return float(value)
+
+
+def _refuse_old_argument_order(loss, margin, distance) -> None:
+    """The old Finetuner's losses took ``(distance, margin)`` positionally; ours take ``(margin, distance)``."""
+    if isinstance(margin, str):
+        name, old_margin = type(loss).__name__, 1.0 if isinstance(distance, str) else distance
+        raise InputError(f'margin: got {margin!r}, a distance; the first argument of {name} is margin '
+                         f'(the old Finetuner had distance first): write {name}(distance={margin!r}, '
+                         f'margin={old_margin!r})')
 
 
 def _zero(embeddings: Tensor) -> Tensor:
@@ -92,7 +104,21 @@ class BatchLoss(nn.Module):
     """Base class: validates ``(embeddings, labels)``, upcasts half precision, disables autocast and
     calls :meth:`compute`."""
 
+    found_no_terms = False  # the last call had no pair/triplet/anchor to compute the loss on
+    items_per_label = None  # a loss defined only on batches with exactly this many items per label
+
+    def _no_terms(self, embeddings: Tensor) -> Tensor:
+        self.found_no_terms = True
+        return _zero(embeddings)
+
+    def _mine(self, embeddings: Tensor, labels: Tensor):
+        """``self.miner(embeddings, labels)``; a miner without its own distance gets the loss's."""
+        if getattr(self.miner, 'distance', 'own') is None:
+            return self.miner(embeddings, labels, distance=getattr(self, 'distance', 'cosine'))
+        return self.miner(embeddings, labels)
+
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        self.found_no_terms = False
         check_batch(embeddings, labels)
         if embeddings.dtype in (torch.float16, torch.bfloat16):
             embeddings = embeddings.float()
@@ -116,12 +142,13 @@ class SiameseLoss(BatchLoss):
 
     def __init__(self, margin: float = 1.0, distance: str = 'cosine', miner=None):
         super().__init__()
+        _refuse_old_argument_order(self, margin, distance)
         self.margin = _check_number(margin, 'margin', minimum=0)
         self.distance = check_distance(distance)
         self.miner = AllPairsMiner(distance) if miner is None else miner
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        pos_i, pos_j, neg_i, neg_j = self.miner(embeddings, labels)
+        pos_i, pos_j, neg_i, neg_j = self._mine(embeddings, labels)
         is_positive = torch.cat([torch.ones_like(pos_i, dtype=torch.bool), torch.zeros_like(neg_i, dtype=torch.bool)])
         return self.pair_loss(embeddings, torch.cat([pos_i, neg_i]), torch.cat([pos_j, neg_j]), is_positive)
 
@@ -129,7 +156,7 @@ class SiameseLoss(BatchLoss):
         """The loss over explicit pairs ``(first[k], second[k])``, ``is_positive [K]`` bool (e.g. from
         :class:`~executors.tuner.miners.SessionMiner`: ``target > 0``)."""
         if len(first) == 0:
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         dist = pairwise_distance(embeddings, distance=self.distance)[first, second]
         return torch.where(is_positive, dist, F.relu(self.margin - dist)).mean()
 
@@ -145,17 +172,18 @@ class TripletLoss(BatchLoss):
 
     def __init__(self, margin: float = 1.0, distance: str = 'cosine', miner=None):
         super().__init__()
+        _refuse_old_argument_order(self, margin, distance)
         self.margin = _check_number(margin, 'margin', minimum=0)
         self.distance = check_distance(distance)
         self.miner = AllTripletsMiner(distance) if miner is None else miner
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        return self.triplet_loss(embeddings, *self.miner(embeddings, labels))
+        return self.triplet_loss(embeddings, *self._mine(embeddings, labels))
 
     def triplet_loss(self, embeddings: Tensor, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
         """The loss over explicit triplets (e.g. from :class:`~executors.tuner.miners.SessionMiner`)."""
         if len(anchor) == 0:
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         dist = pairwise_distance(embeddings, distance=self.distance)
         return F.relu(dist[anchor, positive] - dist[anchor, negative] + self.margin).mean()
 
@@ -193,7 +221,7 @@ class NTXentLoss(BatchLoss):
         positives = _positive_mask(labels)
         has_positive = positives.any(1)
         if not has_positive.any():
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         self_mask = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         logits = (_cosine_similarity(embeddings) / self.temperature).masked_fill(self_mask, -torch.inf)
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
@@ -201,10 +229,10 @@ class NTXentLoss(BatchLoss):
         return per_anchor[has_positive].mean()
 
     def _mined_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+        positives, negatives = _mined_pair_masks(self._mine, embeddings, labels)
         anchor, positive = positives.nonzero(as_tuple=True)
         if len(anchor) == 0:
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         logits = _cosine_similarity(embeddings) / self.temperature
         has_negative = negatives.any(1)
         # rows without a negative are filled with 0 (not -inf) and then replaced, so no NaN gradient
@@ -238,8 +266,7 @@ class MultipleNegativesRankingLoss(BatchLoss):
     graph-keeping zero.
     """
 
-    #: ``fit`` samples batches of distinct labels with this many items each (one pair per label)
-    items_per_label = 2
+    items_per_label = 2  # fit samples pairs (num_items_per_class=2) and keeps pairs whole in validation
 
     def __init__(self, scale: float = 20.0, miner=None):
         super().__init__()
@@ -248,7 +275,7 @@ class MultipleNegativesRankingLoss(BatchLoss):
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if len(labels) == 0:
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         values, pair_of_item, counts = torch.unique(labels, return_inverse=True, return_counts=True)
         if (counts != 2).any():
             wrong = (counts != 2).nonzero(as_tuple=True)[0][0]
@@ -259,10 +286,10 @@ class MultipleNegativesRankingLoss(BatchLoss):
         logits = self.scale * _cosine_similarity(embeddings[anchor], embeddings[positive])
         if self.miner is None:
             return F.cross_entropy(logits, torch.arange(len(anchor), device=labels.device))
-        positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+        positives, negatives = _mined_pair_masks(self._mine, embeddings, labels)
         has_term = positives[anchor, positive]
         if not has_term.any():
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         in_softmax = negatives[anchor[:, None], positive[None, :]]
         in_softmax.fill_diagonal_(True)
         per_pair = torch.logsumexp(logits.masked_fill(~in_softmax, -torch.inf), dim=1) - logits.diagonal()
@@ -303,15 +330,15 @@ class ArcFaceLoss(BatchLoss):
             raise InputError(f'embeddings: ArcFaceLoss was built for embedding_dim={self.embedding_dim}, got '
                              f'{embeddings.shape[1]} columns; set embedding_dim to the model output size')
         if len(labels) == 0:
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise InputError(f'labels: ArcFaceLoss expects class ids in [0, {self.num_classes}), got values in '
                              f'[{labels.min().item()}, {labels.max().item()}]; map labels to 0..num_classes-1')
         if self.miner is not None:
-            positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+            positives, negatives = _mined_pair_masks(self._mine, embeddings, labels)
             mined = positives.any(0) | positives.any(1) | negatives.any(0) | negatives.any(1)
             if not mined.any():
-                return _zero(embeddings)
+                return self._no_terms(embeddings)
             embeddings, labels = embeddings[mined], labels[mined]
         labels = labels.long()
         cosine = _cosine_similarity(embeddings, self.weight.to(embeddings.dtype))
@@ -351,14 +378,14 @@ class MultiSimilarityLoss(BatchLoss):
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if len(labels) < 2:
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         if self.miner is None:
             positives, negatives = _positive_mask(labels), labels[:, None] != labels[None, :]
         else:
-            positives, negatives = _mined_pair_masks(self.miner, embeddings, labels)
+            positives, negatives = _mined_pair_masks(self._mine, embeddings, labels)
         is_anchor = positives.any(1) | negatives.any(1)
         if not is_anchor.any():
-            return _zero(embeddings)
+            return self._no_terms(embeddings)
         similarity = _cosine_similarity(embeddings)
         pos_term = _log1p_sum_exp(-self.alpha * (similarity - self.base), positives) / self.alpha
         neg_term = _log1p_sum_exp(self.beta * (similarity - self.base), negatives) / self.beta

@@ -8,7 +8,10 @@ Conventions shared by the class-label miners:
   mined pair or triplet: pair miners ``(pos_i, pos_j, neg_i, neg_j)``, triplet miners
   ``(anchor, positive, negative)``;
 * selection is vectorised (no loop over anchors) and runs without gradient on
-  :func:`~executors.tuner.distances.pairwise_distance` with the miner's ``distance``;
+  :func:`~executors.tuner.distances.pairwise_distance` with the miner's ``distance``. A miner built
+  without one (``distance=None``, the default) uses the distance of the loss it is given to (the old
+  Finetuner's behaviour: a loss passes ``distance=`` to its miner's call), and ``'cosine'`` when called
+  on its own; an explicit ``distance`` always wins;
 * exact ties in distance are broken arbitrarily.
 
 Easy/hard strategies (per anchor ``a``, with positives ``P(a)`` and negatives ``N(a)``):
@@ -79,6 +82,15 @@ def _no_indices(count: int, device: torch.device) -> tuple[Tensor, ...]:
     return tuple(torch.zeros(0, dtype=torch.long, device=device) for _ in range(count))
 
 
+def _resolve_distance(own, given) -> str:
+    """The miner's own distance, else the one its loss passes, else cosine."""
+    return own or (check_distance(given) if given is not None else 'cosine')
+
+
+def _check_miner_distance(distance):
+    return None if distance is None else check_distance(distance)
+
+
 def _mining_distances(embeddings: Tensor, distance: str) -> Tensor:
     with torch.no_grad():
         return pairwise_distance(embeddings.detach(), distance=distance)
@@ -126,10 +138,11 @@ class AllPairsMiner:
     selection itself does not depend on it.
     """
 
-    def __init__(self, distance: str = 'cosine'):
-        self.distance = check_distance(distance)
+    def __init__(self, distance: str | None = None):
+        self.distance = _check_miner_distance(distance)
 
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def __call__(self, embeddings: Tensor, labels: Tensor, distance: str | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         check_batch(embeddings, labels)
         pos, neg = _label_masks(labels)
         upper = torch.ones_like(pos).triu_(1)
@@ -143,10 +156,11 @@ class AllTripletsMiner:
     ``distance`` is validated and kept for a uniform signature; the selection does not depend on it.
     """
 
-    def __init__(self, distance: str = 'cosine'):
-        self.distance = check_distance(distance)
+    def __init__(self, distance: str | None = None):
+        self.distance = _check_miner_distance(distance)
 
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, embeddings: Tensor, labels: Tensor, distance: str | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
         check_batch(embeddings, labels)
         return _triplets_from_pair_masks(*_label_masks(labels))
 
@@ -161,20 +175,21 @@ class SiameseEasyHardMiner:
     'all' (use :class:`TripletEasyHardMiner` for per-positive semihard negatives).
     """
 
-    def __init__(self, pos_strategy: str = 'hard', neg_strategy: str = 'hard', distance: str = 'cosine'):
+    def __init__(self, pos_strategy: str = 'hard', neg_strategy: str = 'hard', distance: str | None = None):
         _check_strategies(pos_strategy, neg_strategy)
         if 'semihard' in (pos_strategy, neg_strategy) and 'all' in (pos_strategy, neg_strategy):
             raise InputError("pos_strategy, neg_strategy: 'semihard' is chosen relative to one selected item "
                              "per anchor, so it cannot be combined with 'all' in SiameseEasyHardMiner; "
                              "use 'easy' or 'hard' for the other side")
         self.pos_strategy, self.neg_strategy = pos_strategy, neg_strategy
-        self.distance = check_distance(distance)
+        self.distance = _check_miner_distance(distance)
 
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def __call__(self, embeddings: Tensor, labels: Tensor, distance: str | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         check_batch(embeddings, labels)
         if len(labels) == 0:
             return _no_indices(4, labels.device)
-        dist = _mining_distances(embeddings, self.distance)
+        dist = _mining_distances(embeddings, _resolve_distance(self.distance, distance))
         pos_mask, neg_mask = _label_masks(labels)
         if self.neg_strategy == 'semihard':
             pos = _select(dist, pos_mask, self.pos_strategy, 'pos')
@@ -207,16 +222,17 @@ class TripletEasyHardMiner:
     mask for the ``K`` selected items of the other side.
     """
 
-    def __init__(self, pos_strategy: str = 'hard', neg_strategy: str = 'hard', distance: str = 'cosine'):
+    def __init__(self, pos_strategy: str = 'hard', neg_strategy: str = 'hard', distance: str | None = None):
         _check_strategies(pos_strategy, neg_strategy)
         self.pos_strategy, self.neg_strategy = pos_strategy, neg_strategy
-        self.distance = check_distance(distance)
+        self.distance = _check_miner_distance(distance)
 
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, embeddings: Tensor, labels: Tensor, distance: str | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
         check_batch(embeddings, labels)
         if len(labels) == 0:
             return _no_indices(3, labels.device)
-        dist = _mining_distances(embeddings, self.distance)
+        dist = _mining_distances(embeddings, _resolve_distance(self.distance, distance))
         pos_mask, neg_mask = _label_masks(labels)
         if self.neg_strategy == 'semihard':
             anchor, positive = _select(dist, pos_mask, self.pos_strategy, 'pos').nonzero(as_tuple=True)

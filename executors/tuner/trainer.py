@@ -19,7 +19,7 @@ from executors.models.inference import to_device
 from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
-from executors.tuner.data import LabeledItems, make_batch, to_labeled_items
+from executors.tuner.data import CLASS, LabeledItems, align_labels, make_batch, to_labeled_items
 from executors.tuner.schedules import check_schedule, check_warmup_ratio, make_schedule
 
 OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD,
@@ -48,6 +48,8 @@ class TrainingState:
     metrics: Dict[str, float] = field(default_factory=dict)   # last epoch: train_loss, val_loss, retrieval metrics
     history: List[Dict[str, float]] = field(default_factory=list)  # one ``metrics`` dict per epoch
     stop_training: bool = False
+    empty_batches: int = 0            # batches of the last train epoch that gave the loss no pair/triplet
+    stopped_reason: Optional[str] = None  # why training stopped early when not by a callback (non-finite loss)
 
 
 class Tuner:
@@ -73,12 +75,13 @@ class Tuner:
             # one shared seed) and keeps its contiguous slice of each; see executors.tuner.distributed
             global_batch_size = batch_size * dist_utils.get_world_size()
             self.sampler = dist_utils.DistributedBatchSampler(
-                _make_sampler(train_items, global_batch_size, num_items_per_class, dist_utils.shared_seed(seed)))
+                _make_sampler(train_items, global_batch_size, num_items_per_class, dist_utils.shared_seed(seed),
+                              loss))
             # only the training forward goes through DDP; self.model stays unwrapped for validation,
             # callbacks and checkpoints (same state-dict keys as a single-process run)
             self.train_model = dist_utils.wrap_model(model, device)
         else:
-            self.sampler = _make_sampler(train_items, batch_size, num_items_per_class, seed)
+            self.sampler = _make_sampler(train_items, batch_size, num_items_per_class, seed, loss)
             self.train_model = model
         self.state = TrainingState(num_epochs=epochs)
         self.start_epoch = 0
@@ -117,24 +120,47 @@ class Tuner:
         state.num_batches = len(self.sampler)
         self._hook('on_train_epoch_begin')
         losses = []
+        state.empty_batches = 0
         self.optimizer.zero_grad(set_to_none=True)
         for state.batch_index, indices in enumerate(self.sampler):
             self._hook('on_train_batch_begin')
             loss = self._forward_loss(indices)
+            state.empty_batches += bool(getattr(self.loss, 'found_no_terms', False))
+            if not torch.isfinite(loss.detach()):
+                self._stop_non_finite(f'the loss is {float(loss.detach())}')
+                break
             window_start = state.batch_index - state.batch_index % self.gradient_accumulation_steps
             window = min(self.gradient_accumulation_steps, state.num_batches - window_start)
             scaled = loss / window  # the mean over the batches of this (possibly shorter, last) window
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             last = state.batch_index + 1 == state.num_batches
             if (state.batch_index + 1) % self.gradient_accumulation_steps == 0 or last:
+                if self.scaler is None and not _finite_gradients(self.model):
+                    self._stop_non_finite('its gradient holds NaN or inf')
+                    break
                 self._optimizer_step()
             state.current_loss = float(loss.detach())
             losses.append(state.current_loss)
             self._hook('on_train_batch_end')
+        if state.empty_batches:
+            warnings.warn(f'fit: {state.empty_batches} of {state.num_batches} batches of epoch {state.epoch + 1} '
+                          f'gave {type(self.loss).__name__} no pair or triplet to learn from (loss 0, no gradient); '
+                          'set num_items_per_class (or a larger batch_size) so batches hold positives and negatives',
+                          RuntimeWarning, stacklevel=2)
         if self.scheduler is not None and self.scheduler_step == 'epoch':
             self.scheduler.step()
         state.train_loss = float(np.mean(losses)) if losses else math.nan
         self._hook('on_train_epoch_end')
+
+    def _stop_non_finite(self, what: str) -> None:
+        """Skip this batch's update, keep the weights of the last finite step and stop the run."""
+        state = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        state.stop_training = True
+        state.stopped_reason = (f'non-finite loss: at epoch {state.epoch + 1}, batch {state.batch_index + 1} '
+                                f'{what}; training stopped and the model keeps the weights of the last finite '
+                                'update (lower learning_rate, set max_grad_norm, or check the inputs)')
+        warnings.warn(f'fit: {state.stopped_reason}', RuntimeWarning, stacklevel=3)
 
     def _optimizer_step(self) -> None:
         if self.scaler:
@@ -157,29 +183,55 @@ class Tuner:
         state = self.state
         self.model.eval()
         self._hook('on_val_begin')
-        n = len(self.eval_items)
-        pair_loss = getattr(self.loss, 'items_per_label', None) is not None and self.eval_items.kind == 'class'
-        losses, embeddings = [], []
-        for start in range(0, n, self.batch_size):
+        # whole classes (sessions) per batch, so pair losses see their pairs; labels are the training ids
+        # (eval_data's own labels are mapped with the training label map in fit)
+        num_classes = getattr(self.loss, 'num_classes', None)  # losses with class weights (ArcFace)
+        pair_loss = getattr(self.loss, 'items_per_label', None) is not None and self.eval_items.kind == CLASS
+        losses, weights, embeddings, all_labels = [], [], [], []
+        for indices in _validation_batches(self.eval_items, self.batch_size):
             self._hook('on_val_batch_begin')
-            indices = list(range(start, min(n, start + self.batch_size)))
             inputs, labels = make_batch(self.eval_items, indices, self.preprocess_fn, self.collate_fn)
             with self._autocast():
                 batch_embeddings = self.model(to_device(inputs, self.device)).float()
-            if not pair_loss:
-                losses.append(float(self.loss(batch_embeddings, labels.to(self.device))))
+            labels = labels.to(self.device)
+            known = labels < num_classes if num_classes is not None else torch.ones_like(labels, dtype=torch.bool)
+            if not pair_loss and known.any():  # a class-weight loss has no centre for a label unseen in training
+                losses.append(float(self.loss(batch_embeddings[known], labels[known])))
+                weights.append(int(known.sum()))
             embeddings.append(batch_embeddings.cpu().numpy())
+            all_labels.append(labels.cpu().numpy())
             self._hook('on_val_batch_end')
-        if pair_loss:  # consecutive chunks are not pairs: score the loss on pair batches of the embeddings
-            losses = _pair_batch_losses(self.loss, np.concatenate(embeddings), self.eval_items.labels,
+        if pair_loss:  # any number of eval items per label: score the loss on pair batches of the embeddings
+            losses = _pair_batch_losses(self.loss, np.concatenate(embeddings), np.concatenate(all_labels),
                                         self.batch_size, self.device)
-        state.val_loss = float(np.mean(losses)) if len(losses) else math.nan
-        labels = np.repeat(self.eval_items.labels, self.eval_items.views_per_item)  # one per embedding row
-        k = min(self.eval_k, n - 1)
-        state.metrics.update(evaluate_embeddings(np.concatenate(embeddings), labels, k=k,
-                                                 distance=self.eval_distance))
+            weights = [1] * len(losses)
+        state.val_loss = float(np.average(losses, weights=weights)) if losses else math.nan
+        state.metrics.update(evaluate_embeddings(np.concatenate(embeddings), np.concatenate(all_labels),
+                                                 k=self.eval_metric_k, distance=self.eval_distance))
         state.metrics['val_loss'] = state.val_loss
         self._hook('on_val_end')
+
+    @property
+    def eval_metric_k(self) -> int:
+        """The ``k`` of the retrieval metrics of ``eval_data`` (``eval_k``, capped by the candidates)."""
+        return min(self.eval_k, len(self.eval_items) - 1)
+
+    def expected_metrics(self, before: Callback) -> Optional[List[str]]:
+        """The ``state.metrics`` keys that callback ``before`` will see at ``on_epoch_end``, or None when
+        an earlier callback that may add metrics does not say which (see ``Callback.metric_names``)."""
+        from executors.evaluation.metrics import metric_keys
+
+        names = ['train_loss']
+        if self.eval_items is not None:
+            names += ['val_loss', *metric_keys(self.eval_metric_k)]
+        for callback in self.callbacks:
+            if callback is before:
+                break
+            added = callback.metric_names(self)
+            if added is None:
+                return None
+            names += list(added)
+        return names
 
     def run(self) -> nn.Module:
         state = self.state
@@ -210,7 +262,61 @@ class Tuner:
         return self.model
 
 
-def _make_sampler(items: LabeledItems, batch_size: int, num_items_per_class: Optional[int], seed):
+def _finite_gradients(model: nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
+def _validation_batches(items: LabeledItems, batch_size: int) -> List[List[int]]:
+    """Item indices in batches of at most ``batch_size`` embeddings that keep each class (each session
+    for session data) whole, in order of first appearance; a class larger than a batch is cut."""
+    keys = items.sessions if items.sessions is not None else items.labels
+    groups: Dict[int, List[int]] = {}
+    for index, key in enumerate(keys.tolist()):
+        groups.setdefault(key, []).append(index)
+    per_batch = max(1, batch_size // items.views_per_item)
+    batches, batch = [], []
+    for group in groups.values():
+        for start in range(0, len(group), per_batch):
+            chunk = group[start:start + per_batch]
+            if batch and len(batch) + len(chunk) > per_batch:
+                batches.append(batch)
+                batch = []
+            batch = batch + chunk
+    return batches + ([batch] if batch else [])
+
+
+def default_items_per_class(labels: np.ndarray, batch_size: int, items_per_label: Optional[int] = None):
+    """``(m, batch)``: the class-balanced batches used when ``num_items_per_class`` is None, ``batch // m``
+    classes with ``m`` items each, or None when fewer than two classes of two items fit in a batch.
+
+    With ``C`` classes of at least two items, the smallest of which has ``n_min`` items, ``m`` is the smallest
+    divisor of ``batch_size`` in ``[max(2, batch_size // C), n_min]`` that leaves at least two and at most as
+    many classes per batch as there are classes of ``m`` items (so the batch keeps its size and every class
+    of two or more items is sampled); without such a divisor ``m = min(max(2, batch_size // C), n_min)`` and
+    the batch shrinks to ``m * min(batch_size // m, #classes with >= m items)``. A loss defined only on
+    exactly ``items_per_label`` items per label gets that ``m``. Classes of one item are never sampled.
+    """
+    counts = np.bincount(labels)
+    counts = counts[counts >= 2]
+    if len(counts) < 2:
+        return None
+
+    def classes_per_batch(m):
+        return min(batch_size // m, int((counts >= m).sum()))
+
+    if items_per_label is not None:
+        m = items_per_label
+    else:
+        low, n_min = max(2, batch_size // len(counts)), int(counts.min())
+        fitting = [m for m in range(low, min(n_min, batch_size) + 1)
+                   if batch_size % m == 0 and 2 <= batch_size // m <= int((counts >= m).sum())]
+        m = fitting[0] if fitting else min(low, n_min)
+    classes = classes_per_batch(m)
+    return None if classes < 2 else (m, m * classes)
+
+
+def _make_sampler(items: LabeledItems, batch_size: int, num_items_per_class: Optional[int], seed, loss=None):
     from executors.tuner.samplers import ClassSampler, SessionSampler, ShuffleSampler
 
     if items.sessions is not None:
@@ -221,6 +327,13 @@ def _make_sampler(items: LabeledItems, batch_size: int, num_items_per_class: Opt
         if items.views_per_item > 1:
             raise InputError('num_items_per_class: applies to labelled data only, not to unlabelled instance data')
         return ClassSampler(items.labels, batch_size, num_items_per_class, seed=seed)
+    if items.kind == CLASS:  # balanced classes, so every batch holds positives (as the old Finetuner did)
+        balanced = default_items_per_class(items.labels, batch_size, getattr(loss, 'items_per_label', None))
+        if balanced is not None:  # (ClassSampler warns about classes of one item: they are never sampled)
+            return ClassSampler(items.labels, balanced[1], balanced[0], seed=seed)
+        warnings.warn('train_data: fewer than two classes with two or more items fit in a batch, so batches '
+                      'are shuffled items and may hold no positive pair; add items per class or raise '
+                      'batch_size', RuntimeWarning, stacklevel=4)
     per_batch = max(1, batch_size // items.views_per_item)
     return ShuffleSampler(len(items), per_batch, seed=seed)  # items, not views: make_batch repeats each
 
@@ -252,7 +365,7 @@ def _make_optimizer(model, optimizer, optimizer_kwargs, learning_rate, configure
     return OPTIMIZERS[name](params, lr=learning_rate, **(optimizer_kwargs or {})), None
 
 
-def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Module] = 'SiameseLoss',
+def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positional, loss: Union[str, nn.Module] = 'SiameseLoss',
         loss_kwargs: Optional[Dict[str, Any]] = None, epochs: int = 10, batch_size: int = 256,
         learning_rate: float = 1e-3, optimizer: Union[str, torch.optim.Optimizer, None] = None,
         optimizer_kwargs: Optional[Dict[str, Any]] = None,
@@ -262,8 +375,11 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
         num_workers: int = 0, seed: Optional[int] = None, gradient_accumulation_steps: int = 1,
         max_grad_norm: Optional[float] = None, mixed_precision: Optional[bool] = None,
         eval_k: int = 10, eval_distance: str = 'cosine', progress_bar: bool = True,
-        resume_from=None, distributed: Union[bool, str] = 'auto', scheduler: Optional[str] = None,
-        warmup_ratio: float = 0.0, weight_decay: Optional[float] = None) -> nn.Module:
+        resume_from=None, distributed: Union[bool, str] = 'auto', to_embedding_model: bool = False,
+        input_size: Optional[Sequence[int]] = None, input_dtype: str = 'float32', layer_name: Optional[str] = None,
+        freeze: Union[bool, Sequence[str]] = False, projection_head: Union[int, nn.Module, None] = None,
+        scheduler: Optional[str] = None, warmup_ratio: float = 0.0, weight_decay: Optional[float] = None,
+        **legacy_keywords) -> nn.Module:
     """Tune ``model`` so that items with equal labels embed close together; returns the model.
 
     ``train_data``/``eval_data``: docs or ``(inputs, labels)`` (see :mod:`executors.tuner.data`).
@@ -286,6 +402,17 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     and leave-one-out retrieval metrics at ``eval_k`` land in ``tuner.state.metrics``.
     ``resume_from``: a :class:`TrainingCheckpoint` directory to continue from.
 
+    Tailor (as the old Finetuner): with ``to_embedding_model=True`` the model is first cut by
+    :func:`executors.models.tailor.to_embedding_model` with ``layer_name``, ``freeze``, ``projection_head``,
+    ``input_size`` and ``input_dtype``, and the tuned cut model is returned (``model`` is not modified).
+    Without ``num_items_per_class``, class data comes in class-balanced batches
+    (:func:`default_items_per_class`), so every batch holds positives; a batch that still gives the loss no
+    pair or triplet is counted in ``tuner.state.empty_batches`` and warned about. Inputs holding NaN or inf
+    are refused (naming the item); a non-finite loss or gradient stops the run with the weights of the last
+    finite update and a RuntimeWarning (``tuner.state.stopped_reason``).
+    Old Finetuner arguments that are spelled differently here are refused with the spelling to use
+    (:mod:`executors.legacy`).
+
     Multi-process training: run the script with ``torchrun --nproc_per_node=N your_script.py``
     (one process per GPU, or several on CPU); every process calls ``fit`` with the same arguments and
     data. ``distributed='auto'`` (default) turns it on when torchrun's ``WORLD_SIZE`` is above 1
@@ -301,8 +428,12 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
     rank 0; other callbacks run everywhere. Every process returns the same trained (unwrapped) model;
     save it on rank 0 only (:func:`executors.tuner.distributed.is_main_process`).
     """
+    from executors.legacy import check_fit_arguments
     from executors.tuner.losses import get_loss
 
+    model = check_fit_arguments(model, legacy_positional, legacy_keywords)
+    if train_data is None:
+        raise InputError('train_data: required; pass labelled docs or (inputs, labels)')
     if not isinstance(model, nn.Module):
         raise InputError(f'model: expected a torch.nn.Module, got {type(model).__name__}')
     for name, value in (('epochs', epochs), ('batch_size', batch_size),
@@ -316,13 +447,32 @@ def fit(model: nn.Module, train_data, eval_data=None, *, loss: Union[str, nn.Mod
                          '(preprocess once with the Preprocessor to make input loading cheap)')
     if seed is not None:
         seed_everything(seed)
-    if preprocess_fn is None and collate_fn is None and transform_of(model) is not None:
-        # the model's own input transform; augments while the model is in train mode (training batches)
-        collate_fn = TransformCollate(transform_of(model), model, np.random.default_rng(seed))
     train_items = to_labeled_items(train_data)
     eval_items = to_labeled_items(eval_data, field='eval_data') if eval_data is not None else None
     if eval_items is not None and len(eval_items) < 2:
         raise InputError('eval_data: needs at least two items to evaluate retrieval')
+    if eval_items is not None:  # eval labels numbered as in training (class-weight losses index by them)
+        eval_items = align_labels(eval_items, train_items)
+    tailor_arguments = {'layer_name': layer_name, 'freeze': freeze, 'projection_head': projection_head,
+                        'input_size': input_size, 'input_dtype': input_dtype}
+    if to_embedding_model:
+        from executors.data.transforms import attach_transform
+        from executors.models.tailor import to_embedding_model as cut
+
+        transform = transform_of(model)
+        model = cut(model, **tailor_arguments)
+        if transform is not None and transform_of(model) is None:  # the cut model keeps the input transform
+            attach_transform(model, transform)
+    else:
+        defaults = {'layer_name': None, 'freeze': False, 'projection_head': None, 'input_size': None,
+                    'input_dtype': 'float32'}
+        for name, value in tailor_arguments.items():
+            if value is not defaults[name] and value != defaults[name]:
+                raise InputError(f'{name}: a Tailor argument, used only with to_embedding_model=True; '
+                                 'add it or drop this argument')
+    if preprocess_fn is None and collate_fn is None and transform_of(model) is not None:
+        # the model's own input transform; augments while the model is in train mode (training batches)
+        collate_fn = TransformCollate(transform_of(model), model, np.random.default_rng(seed))
     torch_device = torch.device(device)
     use_distributed = dist_utils.resolve_distributed(distributed)
     if use_distributed:  # join torchrun's process group; on CUDA each process takes cuda:LOCAL_RANK

@@ -32,9 +32,14 @@ def test_build_model_seed_is_deterministic_and_bad_specs_name_the_field():
         build_model({'builder': 'mlp', 'kwargs': {'layer_sizes': [3]}})
 
 
-def test_save_refuses_a_module_without_spec(tmp_path):
-    with pytest.raises(InputError, match='builder spec'):
-        save(torch.nn.Linear(2, 2), tmp_path)
+def test_a_module_without_spec_saves_and_loads_into_a_module_you_build(tmp_path):
+    linear = torch.nn.Linear(2, 2)
+    save(linear, tmp_path / 'linear')
+    with pytest.raises(InputError, match=r'builder spec.*model=MyModule'):
+        load(tmp_path / 'linear')
+    filled, config = load(tmp_path / 'linear', model=torch.nn.Linear(2, 2))
+    assert config['model'] == {'builder': None, 'class': 'torch.nn.modules.linear:Linear'}
+    assert torch.equal(filled.weight, linear.weight) and torch.equal(filled.bias, linear.bias)
 
 
 def test_publish_versions_pointer_and_rollback(tmp_path):

@@ -198,10 +198,12 @@ def test_early_stopping_bad_settings_and_unknown_monitor():
     with pytest.raises(InputError, match='min_delta'):
         EarlyStopping(min_delta=-0.1)
     recorder = Recorder()
-    with pytest.raises(InputError, match=r"monitor: 'val_los' is not among .*\['train_loss'\]") as info:
+    # checked before the first batch (issue 6), naming the metrics the run produces
+    with pytest.raises(InputError, match=r"monitor: EarlyStopping watches 'val_los', which this run never "
+                                         r"produces; its metrics are \['train_loss'\]") as info:
         quick_fit([recorder, EarlyStopping('val_los')], epochs=3)
     assert recorder.calls[-1] == ('on_exception', info.value)
-    assert recorder.epochs == 1
+    assert recorder.epochs == 0
 
 
 # ---------------------------------------------------------------- best model

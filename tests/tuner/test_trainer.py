@@ -555,3 +555,177 @@ def test_session_batches_keep_sessions_whole():
 
     fit(mlp(4, 8, 8), sessions, loss=RecordingLoss(), epochs=1, batch_size=9, progress_bar=False, seed=0)
     assert seen and all(n % 4 == 0 for n in seen)  # 4 items per session, never split
+
+
+# --- regressions (issue 6): each failed before its fix ------------------------------------------------------------
+
+
+def _pairs(num_pairs, dim=4, seed=0, interleaved=False):
+    """``(X [2K, dim], y)`` with every label exactly twice; interleaved: labels 0..K-1, 0..K-1."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (num_pairs, dim))
+    y = np.tile(np.arange(num_pairs), 2) if interleaved else np.repeat(np.arange(num_pairs), 2)
+    return (centres[y] + rng.normal(0, 0.5, (len(y), dim))).astype(np.float32), y
+
+
+@pytest.mark.parametrize('num_items_per_class', [2, None])
+def test_multiple_negatives_ranking_loss_with_eval_data_keeps_pairs_in_validation(num_items_per_class):
+    """Validation used to cut consecutive chunks, splitting the pairs (InputError after epoch 1); now whole
+    classes go into each validation batch: 6 pairs with batch_size 8 are the batches [p0..p3], [p4, p5]."""
+    from executors.tuner.losses import MultipleNegativesRankingLoss
+
+    X_eval, y_eval = _pairs(6, seed=1, interleaved=True)
+    recorder = StateRecorder()
+    model = fit(mlp(4, 8), _pairs(8), (X_eval, y_eval), loss='MultipleNegativesRankingLoss', epochs=2,
+                batch_size=8, num_items_per_class=num_items_per_class, seed=0, callbacks=[recorder],
+                progress_bar=False)
+    assert len(recorder.state.history) == 2
+    embeddings = torch.from_numpy(embed(X_eval, model))
+    labels = torch.from_numpy(y_eval)
+    loss = MultipleNegativesRankingLoss()
+    first, second = np.isin(y_eval, [0, 1, 2, 3]), np.isin(y_eval, [4, 5])
+    expected = (8 * float(loss(embeddings[first], labels[first])) + 4 * float(loss(embeddings[second], labels[second])))
+    assert recorder.state.val_loss == pytest.approx(expected / 12, rel=1e-5)
+
+
+def test_multiple_negatives_ranking_loss_refuses_eval_labels_that_are_not_pairs():
+    X_eval, y_eval = _pairs(3)
+    with pytest.raises(InputError, match=r"^eval_data: .*exactly 2 times"):
+        fit(mlp(4, 8), _pairs(4), (X_eval, np.array([0, 0, 0, 1, 2, 2])), loss='MultipleNegativesRankingLoss',
+            epochs=1, progress_bar=False)
+    with pytest.raises(InputError, match='^num_items_per_class:'):
+        fit(mlp(4, 8), _pairs(4), loss='MultipleNegativesRankingLoss', num_items_per_class=4, batch_size=8,
+            epochs=1, progress_bar=False)
+
+
+def test_arcface_val_loss_maps_eval_labels_with_the_training_label_map():
+    """Eval data with a subset of the training labels used to be numbered on its own ('c', 'd' -> 0, 1),
+    hitting the class centres of 'a' and 'b'; the val loss must equal the loss with the training ids."""
+    from executors.tuner.losses import ArcFaceLoss
+
+    X, y = blobs(per_class=8, classes=4)
+    names = np.array(['a', 'b', 'c', 'd'])[y]
+    keep = np.isin(names, ['c', 'd'])
+    arcface = ArcFaceLoss(num_classes=4, embedding_dim=8)
+    recorder = StateRecorder()
+    model = fit(mlp(4, 8), (X, names), (X[keep], names[keep]), loss=arcface, epochs=2, batch_size=16, seed=0,
+                callbacks=[recorder], progress_bar=False)
+    with torch.no_grad():
+        expected = float(arcface(torch.from_numpy(embed(X[keep], model)), torch.from_numpy(y[keep])))
+        wrong = float(arcface(torch.from_numpy(embed(X[keep], model)), torch.from_numpy(y[keep] - 2)))
+    assert recorder.state.val_loss == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - wrong) > 1e-3  # the old numbering would give a measurably different value
+
+
+def test_arcface_val_loss_leaves_out_eval_labels_unseen_in_training():
+    from executors.tuner.losses import ArcFaceLoss
+
+    X, y = blobs(per_class=8, classes=4)
+    names = np.array(['a', 'b', 'c', 'e'])[y]
+    arcface = ArcFaceLoss(num_classes=3, embedding_dim=8)
+    recorder = StateRecorder()
+    train = names != 'e'
+    model = fit(mlp(4, 8), (X[train], names[train]), (X, names), loss=arcface, epochs=1, batch_size=16, seed=0,
+                callbacks=[recorder], progress_bar=False)
+    seen = names != 'e'
+    with torch.no_grad():
+        expected = float(arcface(torch.from_numpy(embed(X[seen], model)), torch.from_numpy(y[seen])))
+    assert recorder.state.val_loss == pytest.approx(expected, rel=1e-5)
+    assert 'hit@10' in recorder.state.metrics  # retrieval metrics still use every eval item
+
+
+def test_to_device_moves_any_mapping_and_keeps_its_type():
+    """A transformers BatchEncoding is a Mapping, not a dict: it used to stay where it was."""
+    from types import MappingProxyType
+
+    from transformers import BatchEncoding
+
+    from executors.models.inference import to_device
+
+    encoding = BatchEncoding({'input_ids': torch.ones(2, 3, dtype=torch.long), 'attention_mask': torch.ones(2, 3)})
+    moved = to_device(encoding, 'meta')
+    assert isinstance(moved, BatchEncoding)
+    assert moved.input_ids.device.type == 'meta' and moved['attention_mask'].device.type == 'meta'
+    proxy = to_device(MappingProxyType({'x': torch.ones(2)}), 'meta')
+    assert proxy['x'].device.type == 'meta'
+    assert to_device([torch.ones(1), 'text'], 'meta')[0].device.type == 'meta'
+    assert to_device(['a', 'b'], 'meta') == ['a', 'b']
+
+
+def test_fit_and_embed_move_a_batch_encoding_from_collate_fn():
+    """The model sees the collate_fn's BatchEncoding on the fit device (checked with the device's type)."""
+    from transformers import BatchEncoding
+
+    seen = []
+
+    class MappingModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp(4, 8)
+
+        def forward(self, batch):
+            seen.append((type(batch).__name__, batch['x'].device.type))
+            return self.net(batch['x'])
+
+    def collate(rows):
+        return BatchEncoding({'x': torch.from_numpy(np.stack(rows))})
+
+    model = fit(MappingModel(), blobs(), epochs=1, batch_size=10, collate_fn=collate, progress_bar=False)
+    embed(blobs()[0], model, collate_fn=collate)
+    assert seen and all(entry == ('BatchEncoding', 'cpu') for entry in seen)
+
+
+def test_non_finite_inputs_are_refused_naming_the_item():
+    X, y = blobs()
+    X[7, 2] = np.nan
+    model = mlp(4, 8)
+    start = weights(model)
+    with pytest.raises(InputError, match=r'^train_data\[0\]\[7\]: holds NaN or inf'):
+        fit(model, (X, y), epochs=1, progress_bar=False)
+    docs = [Doc(id=f'd{i}', tensor=x, label=str(label)) for i, (x, label) in enumerate(zip(*blobs()))]
+    docs[4].tensor = np.array([1.0, np.inf, 0.0, 0.0], dtype=np.float32)
+    with pytest.raises(InputError, match=r'^eval_data\[4\] \(id d4\): holds NaN or inf'):
+        fit(model, blobs(), docs, epochs=1, progress_bar=False)
+    with pytest.raises(InputError, match=r'^train_data\[\d+\]: its model input .* NaN or inf'):
+        fit(model, blobs(), preprocess_fn=lambda x: np.full_like(x, np.inf) if x[0] > 1 else x, epochs=1,
+            progress_bar=False)
+    assert same_weights(start, weights(model))
+
+
+class _NonFiniteOnCall(nn.Module):
+    """SiameseLoss that turns non-finite on call ``bad_call``: the loss itself, or only its gradient."""
+
+    def __init__(self, bad_call, where):
+        super().__init__()
+        self.inner, self.calls, self.bad_call, self.where = SiameseLoss(), 0, bad_call, where
+
+    def forward(self, embeddings, labels):
+        self.calls += 1
+        loss = self.inner(embeddings, labels)
+        if self.calls == self.bad_call:
+            if self.where == 'loss':
+                return loss * float('nan')
+            embeddings.register_hook(lambda grad: grad * float('inf'))
+        return loss
+
+
+@pytest.mark.parametrize('where', ['loss', 'gradient'])
+def test_a_non_finite_loss_stops_the_run_with_the_last_finite_weights(where):
+    """One bad batch used to turn every parameter into NaN silently; now the run stops, warns, and the
+    returned model holds the weights after the last finite update (batch 4 of epoch 2, batch 5 is bad)."""
+
+    class WeightsAfterEachBatch(Callback):
+        def __init__(self):
+            self.snapshots = []
+
+        def on_train_batch_end(self, tuner):
+            self.snapshots.append(weights(tuner.model))
+
+    snapshots, recorder = WeightsAfterEachBatch(), StateRecorder()
+    with pytest.warns(RuntimeWarning, match='non-finite loss: at epoch 2, batch 1'):
+        model = fit(mlp(4, 8), blobs(per_class=10, classes=4), loss=_NonFiniteOnCall(5, where), epochs=5,
+                    batch_size=10, seed=0, callbacks=[snapshots, recorder], progress_bar=False)
+    assert len(snapshots.snapshots) == 4  # 4 batches per epoch; the 5th call (epoch 2, batch 1) stopped it
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert same_weights(weights(model), snapshots.snapshots[-1])
+    assert recorder.state.stopped_reason.startswith('non-finite loss') and len(recorder.state.history) == 2
