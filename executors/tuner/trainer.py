@@ -186,7 +186,11 @@ class Tuner:
         # whole classes (sessions) per batch, so pair losses see their pairs; labels are the training ids
         # (eval_data's own labels are mapped with the training label map in fit)
         num_classes = getattr(self.loss, 'num_classes', None)  # losses with class weights (ArcFace)
-        pair_loss = getattr(self.loss, 'items_per_label', None) is not None and self.eval_items.kind == CLASS
+        per_label = getattr(self.loss, 'items_per_label', None)
+        # a pair loss over eval data whose labels are not all exact pairs (e.g. a stratified hold-out):
+        # scored on sampled pair batches of the eval embeddings instead of whole-class batches
+        pair_loss = per_label is not None and self.eval_items.kind == CLASS and \
+            bool((np.unique(self.eval_items.labels, return_counts=True)[1] != per_label).any())
         losses, weights, embeddings, all_labels = [], [], [], []
         for indices in _validation_batches(self.eval_items, self.batch_size):
             self._hook('on_val_batch_begin')
