@@ -1,5 +1,6 @@
 # `make demo`: set up .venv (first run: a few minutes) and run the swiss-roll scenario end to end;
 # `make demo SCENARIO=images` / `SCENARIO=meshes`: the image and 3-D mesh scenarios.
+# `make demo SCENARIO=text` (DEMO_ARGS=--quick for a small subset) runs the CLINC150 text scenario.
 # `make test`: set up .venv and run the whole test suite.  `make bench`: the benchmarks.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -20,8 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 SCENARIO ?= swiss_roll
+DEMO_ARGS ?=
+
 demo: $(STAMP)
-	$(PYTHON) -m executors.demos.$(SCENARIO)
+	$(PYTHON) -m executors.demos.$(SCENARIO) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
@@ -31,6 +34,8 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_miners.py
 	$(PYTHON) benchmarks/bench_media.py
 	PYTHONPATH=. $(PYTHON) benchmarks/bench_search.py
+	$(PYTHON) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PYTHON) benchmarks/bench_text.py
 
 clean:
 	rm -rf $(VENV) results workspace

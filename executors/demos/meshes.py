@@ -142,7 +142,7 @@ def run(results_dir: Path, workdir: Path, quick: bool = False) -> dict:
     query_docs = read_mesh_folders(data_root, splits=['test'], classes=tune_classes)
     ids_of_class = {c: {d.id for d in index_docs if d.label == c} for c in tune_classes}
     relevant = [ids_of_class[d.label] for d in query_docs]
-    fit_parameters = {'epochs': settings['tune_epochs'], 'miner': MINER, 'scheduler': multistep_schedule(settings['tune_epochs'])}
+    fit_parameters = {'epochs': settings['tune_epochs'], 'miner': MINER, 'lr_scheduler': multistep_schedule(settings['tune_epochs'])}
     print(f'tuning and evaluating on {tune_classes}: {len(index_docs)} indexed, {len(query_docs)} queries', flush=True)
     with FlowProcess(REPO / 'flows/meshes-train.yml', workdir, free_ports=True) as train_flow, \
             FlowProcess(REPO / 'flows/meshes-search.yml', workdir, free_ports=True) as search_flow:

@@ -67,6 +67,7 @@ class Encoder(Executor):
         vectors = NdArray._docarray_from_native(vectors)
         if candidate is not None:
             candidate_vectors = NdArray._docarray_from_native(candidate_vectors)
+        mark_truncated(docs, contents, self.encoder.input_transform(version))
         for i, doc in enumerate(docs):
             assign(doc, embedding=vectors[i], model_version=version,
                    candidate_embedding=None if candidate is None else candidate_vectors[i], candidate_version=candidate)
@@ -150,3 +151,15 @@ class Encoder(Executor):
         self._follow_index()
         self.encoder.ensure_active()
         return report({'encoder': self.encoder.status()})
+
+
+TRUNCATED_TAG = 'truncated_to_tokens'
+
+
+def mark_truncated(docs, contents, transform) -> None:
+    """Tag each text the version's text transform cuts: ``doc.tags['truncated_to_tokens'] = max_length``."""
+    if transform is None or getattr(transform, 'modality', None) != 'text' or not transform.truncation:
+        return
+    texts = [(i, c) for i, c in enumerate(contents) if isinstance(c, str)]
+    for position in transform.truncated([c for _, c in texts]):
+        docs[texts[position][0]].tags[TRUNCATED_TAG] = transform.max_length

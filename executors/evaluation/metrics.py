@@ -25,7 +25,10 @@ import numpy as np
 from executors.errors import InputError
 
 METRIC_NAMES = ("hit", "precision", "recall", "mAP", "NDCG", "MRR", "R-precision")
-"""Names accepted by ``retrieval_metrics(metrics=...)``; result keys add ``@k`` to all but 'MRR' and 'R-precision'."""
+"""Names ``retrieval_metrics`` computes by default; result keys add ``@k`` to all but 'MRR' and 'R-precision'."""
+
+EXTRA_METRIC_NAMES = ("mAP-retrieved",)
+"""Further names ``retrieval_metrics(metrics=...)`` accepts (not computed by default)."""
 
 DISTANCES = ("cosine", "euclidean")
 
@@ -63,6 +66,19 @@ def average_precision_at_k(relevance, num_relevant, k: int | None = None) -> np.
     """
     gains, num_relevant = _validated_ranking(relevance, num_relevant, k)
     return _nan_where_undefined(_average_precision(gains > 0, num_relevant), num_relevant)
+
+
+def retrieved_average_precision_at_k(relevance, num_relevant, k: int | None = None) -> np.ndarray:
+    """Average precision at ``k`` normalised by the relevant items *retrieved* (metric name ``'mAP-retrieved'``).
+
+    ``AP_ret@k = sum_{i<=k} P@i * b_i / sum_{i<=k} b_i``, and 0 when the top ``k`` holds no relevant item.
+
+    This is the mAP@k of the text scenario (and of docarray/Jina's ``average_precision``); it only
+    judges the order of what was found, so it is >= :func:`average_precision_at_k`, equal when
+    ``min(k, R)`` relevant items are retrieved.
+    """
+    gains, num_relevant = _validated_ranking(relevance, num_relevant, k)
+    return _nan_where_undefined(_retrieved_average_precision(gains > 0), num_relevant)
 
 
 def ndcg_at_k(relevance, num_relevant, k: int | None = None, ideal_gains=None) -> np.ndarray:
@@ -136,6 +152,7 @@ def retrieval_metrics(
         "precision": lambda: _precision(is_relevant),
         "recall": lambda: _recall(is_relevant, num_relevant),
         "mAP": lambda: _average_precision(is_relevant, num_relevant),
+        "mAP-retrieved": lambda: _retrieved_average_precision(is_relevant),
         "NDCG": lambda: _ndcg(gains, num_relevant, _validated_ideal_gains(ideal_gains, gains, num_relevant)),
         "MRR": lambda: _reciprocal_rank(is_relevant),
         "R-precision": lambda: _r_precision(is_relevant, num_relevant),
@@ -283,6 +300,12 @@ def _average_precision(is_relevant: np.ndarray, num_relevant: np.ndarray) -> np.
     return (precision_at_rank * is_relevant).sum(axis=1) / np.maximum(np.minimum(num_relevant, k), 1)
 
 
+def _retrieved_average_precision(is_relevant: np.ndarray) -> np.ndarray:
+    k = is_relevant.shape[1]
+    precision_at_rank = np.cumsum(is_relevant, axis=1) / np.arange(1, k + 1)
+    return (precision_at_rank * is_relevant).sum(axis=1) / np.maximum(is_relevant.sum(axis=1), 1)
+
+
 def _ndcg(gains: np.ndarray, num_relevant: np.ndarray, ideal_gains: np.ndarray | None) -> np.ndarray:
     k = gains.shape[1]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
@@ -378,9 +401,10 @@ def _validated_metric_names(metrics) -> tuple[str, ...]:
     if metrics is None:
         return METRIC_NAMES
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    unknown = [name for name in names if name not in METRIC_NAMES]
+    unknown = [name for name in names if name not in METRIC_NAMES + EXTRA_METRIC_NAMES]
     if unknown or not names:
-        raise InputError(f"metrics: unknown or empty {unknown or names}; choose from {METRIC_NAMES}")
+        raise InputError(f"metrics: unknown or empty {unknown or names}; "
+                         f"choose from {METRIC_NAMES + EXTRA_METRIC_NAMES}")
     return names
 
 

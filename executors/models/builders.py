@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from executors.errors import InputError
-from executors.models import efficientnet, mlp, point_cloud, torchvision_models  # noqa: F401  (the families register their builders)
+from executors.models import (  # noqa: F401  (the families register their builders)
+    efficientnet, heads, mlp, point_cloud, torchvision_models, transformer)
 from executors.models.registry import MODEL_BUILDERS, SPEC_ATTRIBUTE, register_builder
 
 IMPORT_BUILDER = 'import'

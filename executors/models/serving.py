@@ -85,6 +85,14 @@ class VersionedEncoder:
             model = self._models[version]
         return embed(contents, model, batch_size=self.batch_size, device=self.device), version
 
+    def input_transform(self, version: Optional[int] = None):
+        """The input transform of a loaded version (default: the active one), or None."""
+        from executors.data.transforms import transform_of
+
+        with self._lock:
+            model = self._models.get(self.active_version if version is None else version)
+        return None if model is None else transform_of(model)
+
     def embed_both(self, contents: List[Any]):
         """``(active embeddings, active version, candidate embeddings or None, candidate version or None)``."""
         with self._lock:

@@ -12,7 +12,8 @@ from executors.errors import InputError
 _FIT = {
     'epochs': int, 'batch_size': int, 'learning_rate': float, 'loss': str, 'loss_kwargs': dict,
     'optimizer': str, 'num_items_per_class': int, 'seed': int, 'eval_fraction': float, 'eval_k': int,
-    'wait': bool, 'from_scratch': bool, 'miner': dict, 'scheduler': dict,
+    'wait': bool, 'from_scratch': bool, 'miner': dict, 'lr_scheduler': dict,
+    'scheduler': str, 'warmup_ratio': float, 'weight_decay': float,
 }
 
 ENDPOINT_PARAMETERS: Dict[str, Dict[str, type]] = {

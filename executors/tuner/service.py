@@ -37,7 +37,8 @@ from executors.tuner.trainer import fit
 
 FIT_DEFAULTS = {'epochs': 10, 'batch_size': 256, 'learning_rate': 1e-3, 'loss': 'SiameseLoss', 'loss_kwargs': {},
                 'optimizer': 'adam', 'num_items_per_class': None, 'seed': 0, 'eval_fraction': 0.2, 'eval_k': 10,
-                'from_scratch': False, 'miner': None, 'scheduler': None}
+                'from_scratch': False, 'miner': None, 'lr_scheduler': None, 'scheduler': None, 'warmup_ratio': 0.0,
+                'weight_decay': None}
 
 
 SCHEDULERS = ('MultiStepLR', 'StepLR', 'ExponentialLR', 'CosineAnnealingLR')
@@ -56,14 +57,14 @@ def _loss_of(opts: Dict[str, Any]):
 
 
 def _optimizer_of(opts: Dict[str, Any]):
-    """None, or with a ``scheduler`` spec ``{'name': 'MultiStepLR', 'milestones': [20, 30], 'gamma': 0.3}``
+    """None, or with an ``lr_scheduler`` spec ``{'name': 'MultiStepLR', 'milestones': [20, 30], 'gamma': 0.3}``
     (a ``torch.optim.lr_scheduler`` class of SCHEDULERS, stepped after every epoch) a ``configure_optimizer``
     that builds ``optimizer`` at ``learning_rate`` over the trainable parameters plus that scheduler."""
-    spec = opts.get('scheduler')
+    spec = opts.get('lr_scheduler')
     if spec is None:
         return None
     if not isinstance(spec, dict) or spec.get('name') not in SCHEDULERS:
-        raise InputError(f"parameters.scheduler: expected {{'name': one of {list(SCHEDULERS)}, **settings}}, got {spec!r}")
+        raise InputError(f"parameters.lr_scheduler: expected {{'name': one of {list(SCHEDULERS)}, **settings}}, got {spec!r}")
     from executors.tuner.trainer import OPTIMIZERS
 
     name = (opts['optimizer'] or 'adam').lower()
@@ -74,7 +75,7 @@ def _optimizer_of(opts: Dict[str, Any]):
     try:
         inspect.signature(scheduler_class).bind(None, **settings)
     except TypeError as error:
-        raise InputError(f"parameters.scheduler: bad settings for {spec['name']} ({error})") from None
+        raise InputError(f"parameters.lr_scheduler: bad settings for {spec['name']} ({error})") from None
 
     def configure_optimizer(model):
         optimizer = OPTIMIZERS[name]([p for p in model.parameters() if p.requires_grad], lr=opts['learning_rate'])
@@ -320,8 +321,10 @@ class TrainingService:
         fit(model, train, held_out, loss=_loss_of(opts), epochs=opts['epochs'],
             batch_size=opts['batch_size'], learning_rate=opts['learning_rate'],
             optimizer=None if configure_optimizer else opts['optimizer'], configure_optimizer=configure_optimizer,
-            scheduler_step='epoch', num_items_per_class=opts['num_items_per_class'], seed=opts['seed'],
-            eval_k=max(k, 1), callbacks=[_JobProgress(job, self._cancel), MetricsLogger(self.workspace / 'fit_log.jsonl')],
+            scheduler_step='epoch' if configure_optimizer else 'batch', num_items_per_class=opts['num_items_per_class'],
+            seed=opts['seed'], eval_k=max(k, 1), scheduler=opts['scheduler'], warmup_ratio=opts['warmup_ratio'],
+            weight_decay=opts['weight_decay'],
+            callbacks=[_JobProgress(job, self._cancel), MetricsLogger(self.workspace / 'fit_log.jsonl')],
             progress_bar=False)
         history = job.get('history', [])
         after = evaluate()

@@ -20,6 +20,7 @@ from executors.errors import InputError, positive_int
 from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
 from executors.tuner.data import CLASS, LabeledItems, align_labels, make_batch, to_labeled_items
+from executors.tuner.schedules import check_schedule, check_warmup_ratio, make_schedule
 
 OPTIMIZERS = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD,
               'rmsprop': torch.optim.RMSprop}
@@ -185,6 +186,11 @@ class Tuner:
         # whole classes (sessions) per batch, so pair losses see their pairs; labels are the training ids
         # (eval_data's own labels are mapped with the training label map in fit)
         num_classes = getattr(self.loss, 'num_classes', None)  # losses with class weights (ArcFace)
+        per_label = getattr(self.loss, 'items_per_label', None)
+        # a pair loss over eval data whose labels are not all exact pairs (e.g. a stratified hold-out):
+        # scored on sampled pair batches of the eval embeddings instead of whole-class batches
+        pair_loss = per_label is not None and self.eval_items.kind == CLASS and \
+            bool((np.unique(self.eval_items.labels, return_counts=True)[1] != per_label).any())
         losses, weights, embeddings, all_labels = [], [], [], []
         for indices in _validation_batches(self.eval_items, self.batch_size):
             self._hook('on_val_batch_begin')
@@ -193,12 +199,16 @@ class Tuner:
                 batch_embeddings = self.model(to_device(inputs, self.device)).float()
             labels = labels.to(self.device)
             known = labels < num_classes if num_classes is not None else torch.ones_like(labels, dtype=torch.bool)
-            if known.any():  # a class-weight loss has no centre for a label unseen in training
+            if not pair_loss and known.any():  # a class-weight loss has no centre for a label unseen in training
                 losses.append(float(self.loss(batch_embeddings[known], labels[known])))
                 weights.append(int(known.sum()))
             embeddings.append(batch_embeddings.cpu().numpy())
             all_labels.append(labels.cpu().numpy())
             self._hook('on_val_batch_end')
+        if pair_loss:  # any number of eval items per label: score the loss on pair batches of the embeddings
+            losses = _pair_batch_losses(self.loss, np.concatenate(embeddings), np.concatenate(all_labels),
+                                        self.batch_size, self.device)
+            weights = [1] * len(losses)
         state.val_loss = float(np.average(losses, weights=weights)) if losses else math.nan
         state.metrics.update(evaluate_embeddings(np.concatenate(embeddings), np.concatenate(all_labels),
                                                  k=self.eval_metric_k, distance=self.eval_distance))
@@ -374,6 +384,7 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
         resume_from=None, distributed: Union[bool, str] = 'auto', to_embedding_model: bool = False,
         input_size: Optional[Sequence[int]] = None, input_dtype: str = 'float32', layer_name: Optional[str] = None,
         freeze: Union[bool, Sequence[str]] = False, projection_head: Union[int, nn.Module, None] = None,
+        scheduler: Optional[str] = None, warmup_ratio: float = 0.0, weight_decay: Optional[float] = None,
         **legacy_keywords) -> nn.Module:
     """Tune ``model`` so that items with equal labels embed close together; returns the model.
 
@@ -387,6 +398,12 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     model carries an input transform (:mod:`executors.data.transforms`), batches are
     ``transform.batch(...)``, augmented for training batches only (:class:`TransformCollate`).
     ``mixed_precision``: fp16 autocast + grad scaling on CUDA (default there), bf16 autocast on CPU.
+    ``scheduler``: ``'linear'``, ``'cosine'`` or ``'constant'`` after ``warmup_ratio`` of the steps
+    spent in linear warm-up (see :mod:`executors.tuner.schedules`); ``weight_decay`` goes to the
+    optimiser (``optimizer='adamw'``: decoupled weight decay).
+    Pair losses (``MultipleNegativesRankingLoss``) get batches of distinct labels with two items
+    each (``num_items_per_class=2`` unless given): no label occurs in two pairs of one batch, so
+    no in-batch negative is a false one.
     ``seed``: deterministic runs on CPU. After each epoch with ``eval_data`` the validation loss
     and leave-one-out retrieval metrics at ``eval_k`` land in ``tuner.state.metrics``.
     ``resume_from``: a :class:`TrainingCheckpoint` directory to continue from.
@@ -468,7 +485,16 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     if use_distributed:  # join torchrun's process group; on CUDA each process takes cuda:LOCAL_RANK
         torch_device = dist_utils.init_distributed(torch_device)
     loss_module = get_loss(loss, **(loss_kwargs or {})).to(torch_device)
-    _check_items_per_label(loss_module, eval_items, num_items_per_class)
+    num_items_per_class, batch_size = _pair_batching(loss_module, train_items, num_items_per_class, batch_size)
+    if scheduler is not None:
+        check_schedule(scheduler)
+        if configure_optimizer is not None:
+            raise InputError('scheduler: configure_optimizer builds its own scheduler; give one or the other')
+    check_warmup_ratio(warmup_ratio)
+    if weight_decay is not None:
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+            raise InputError(f'weight_decay: must be a number >= 0, got {weight_decay!r}')
+        optimizer_kwargs = {**(optimizer_kwargs or {}), 'weight_decay': float(weight_decay)}
     model.to(torch_device)
     if any(p.requires_grad for p in loss_module.parameters()):
         # proxy losses learn class weights alongside the model
@@ -486,6 +512,10 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
                   gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
                   mixed_precision=mixed_precision, eval_k=eval_k, eval_distance=eval_distance,
                   distributed=use_distributed)
+    if scheduler is not None:
+        steps_per_epoch = math.ceil(len(tuner.sampler) / gradient_accumulation_steps)
+        total = epochs * (steps_per_epoch if scheduler_step == 'batch' else 1)
+        tuner.scheduler = make_schedule(opt, scheduler, total, warmup_ratio)
     if resume_from is not None:
         from executors.tuner.checkpoint import restore_training_checkpoint
 
@@ -494,22 +524,50 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     return tuned.model if isinstance(tuned, _ModelWithLossParameters) else tuned
 
 
-def _check_items_per_label(loss, eval_items: Optional[LabeledItems], num_items_per_class: Optional[int]) -> None:
-    """A loss needing exactly ``loss.items_per_label`` items per label (pairs) gets such batches."""
-    needed = getattr(loss, 'items_per_label', None)
-    if needed is None:
-        return
-    name = type(loss).__name__
-    if num_items_per_class is not None and num_items_per_class != needed:
-        raise InputError(f'num_items_per_class: {name} needs exactly {needed} items per label in a batch; '
-                         f'set num_items_per_class={needed} or leave it None')
-    if eval_items is not None and eval_items.views_per_item == 1:
-        values, counts = np.unique(eval_items.labels, return_counts=True)
-        if (counts != needed).any():
-            bad = int(np.flatnonzero(counts != needed)[0])
-            label = eval_items.label_names[values[bad]]
-            raise InputError(f'eval_data: {name} needs each label exactly {needed} times (pairs); label '
-                             f'{label!r} occurs {counts[bad]} times. Keep {needed} items per label in eval_data')
+def _pair_batch_losses(loss: nn.Module, embeddings: np.ndarray, labels: np.ndarray, batch_size: int,
+                       device) -> List[float]:
+    """A pair loss over fixed (seed 0) batches of one pair per label drawn from ``embeddings [N, D]``."""
+    from executors.tuner.samplers import ClassSampler
+
+    per_label = loss.items_per_label
+    usable = int((np.bincount(labels) >= per_label).sum())
+    if usable < 2:
+        return []
+    size = min(batch_size - batch_size % per_label, per_label * usable) or per_label * usable
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # labels with one eval item are left out, as in training
+        sampler = ClassSampler(labels, size, per_label, seed=0)
+    vectors, ids = torch.from_numpy(embeddings).to(device), torch.from_numpy(labels).to(device)
+    return [float(loss(vectors[batch], ids[batch])) for batch in sampler]
+
+
+def _pair_batching(loss_module: nn.Module, items: LabeledItems, num_items_per_class: Optional[int],
+                   batch_size: int):
+    """``(num_items_per_class, batch_size)`` for the loss: a pair loss (``items_per_label = 2``) gets
+    two items per label and at most one pair per label in a batch, so ``batch_size`` is capped at
+    twice the number of labels that have two items (with a warning)."""
+    per_label = getattr(loss_module, 'items_per_label', None)
+    if per_label is None or items.kind != 'class':
+        return num_items_per_class, batch_size
+    name = type(loss_module).__name__
+    if num_items_per_class is None:
+        num_items_per_class = per_label
+    elif num_items_per_class != per_label:
+        raise InputError(f'num_items_per_class: {name} trains on (anchor, positive) pairs, so it needs '
+                         f'num_items_per_class={per_label} (or leave it unset), got {num_items_per_class}')
+    counts = np.bincount(items.labels)
+    usable = int((counts >= per_label).sum())
+    if usable < 2:
+        raise InputError(f'train_data: {name} needs at least two labels with {per_label} items each '
+                         f'(so that in-batch negatives exist), got {usable}')
+    if batch_size > per_label * usable:
+        warnings.warn(f'batch_size: {batch_size} is more than {per_label} x the {usable} labels with '
+                      f'{per_label} items; {name} batches hold one pair per label, so batch_size is '
+                      f'{per_label * usable}', stacklevel=3)
+        batch_size = per_label * usable
+    elif batch_size % per_label:
+        raise InputError(f'batch_size: {name} batches hold pairs, so batch_size must be even, got {batch_size}')
+    return num_items_per_class, batch_size
 
 
 class _ModelWithLossParameters(nn.Module):

@@ -20,7 +20,11 @@ def minilm_path():
 
 def test_decoder_checks_texts():
     decoder = build_decoder({'modality': 'text'})
-    assert decoder.decode_batch([{'text': 'a cat'}, {'text': ''}]) == ['a cat', '']
+    assert decoder.decode_batch([{'text': 'a cat'}, {'text': 'x'}]) == ['a cat', 'x']
+    with pytest.raises(InputError, match=r"docs\[1\] \(id 'e'\): text: is empty"):
+        decoder.decode_batch([{'text': 'a'}, {'id': 'e', 'text': '  '}])
+    with pytest.raises(InputError, match=r"docs\[0\] \(id 'n'\): text: expected a string, got int"):
+        decoder.decode_batch([{'id': 'n', 'text': 7}])
     with pytest.raises(InputError, match=r"docs\[1\] \(id 'x'\): text: expected a string, got NoneType"):
         decoder.decode_batch([{'text': 'a'}, {'id': 'x', 'uri': 'x'}])
 
@@ -65,3 +69,16 @@ def test_bad_transform_specs(spec, message):
     with pytest.raises(InputError) as error:
         build_transform(spec)
     assert message in str(error.value)
+
+
+def test_default_tokenizer_is_minilm_and_truncation_is_reported(minilm_path):
+    from executors.data.transforms import build_transform
+
+    transform = build_transform({'modality': 'text', 'max_length': 8})
+    assert transform.to_spec()['tokenizer_path'] is None  # portable: no machine-specific path stored
+    long_text = 'please tell me the balance of my checking account right now'
+    assert transform.truncated(['hi there', long_text]) == [1]
+    batch = transform.batch(['hi there', long_text])
+    assert batch['input_ids'].shape == (2, 8)
+    explicit = build_transform({'modality': 'text', 'tokenizer_path': minilm_path, 'max_length': 8})
+    assert (explicit.batch(['hi there', long_text])['input_ids'] == batch['input_ids']).all()

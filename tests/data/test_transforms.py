@@ -18,7 +18,7 @@ def test_every_modality_has_a_decoder_and_a_transform():
 
 @pytest.mark.parametrize('spec, message', [
     ({'modality': 'audio'}, "modality: unknown modality 'audio'; allowed: vector, image, mesh, text"),
-    ({'modality': 'text'}, "tokenizer_path: required by modality 'text'"),
+    ({'modality': 'text', 'max_length': 1}, "max_length: expected an integer >= 2"),
     ({'modality': 'vector', 'dims': 3}, "dims: not a setting of modality 'vector'; allowed settings: dim, mean, std"),
     ('image', 'input_transform: expected a dict'),
 ])

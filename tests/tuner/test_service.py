@@ -131,7 +131,7 @@ def test_fit_with_a_miner_and_a_multistep_schedule_logs_every_epoch(service):
     service.add(_blobs())
     options = {'epochs': 3, 'loss': 'TripletLoss', 'loss_kwargs': {'margin': 0.3},
                'miner': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'easy', 'neg_strategy': 'semihard'},
-               'scheduler': {'name': 'MultiStepLR', 'milestones': [2], 'gamma': 0.1}}
+               'lr_scheduler': {'name': 'MultiStepLR', 'milestones': [2], 'gamma': 0.1}}
     job = service.start_fit(options, wait=True)['job']
     assert job['state'] == 'done', job.get('error')
     rows = [json.loads(line) for line in (service.workspace / 'fit_log.jsonl').read_text().splitlines()]
@@ -151,8 +151,8 @@ def test_fit_with_a_miner_and_a_multistep_schedule_logs_every_epoch(service):
 @pytest.mark.parametrize('options, message', [
     ({'miner': {'name': 'NoSuchMiner'}}, 'parameters.miner: expected'),
     ({'miner': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'hardest'}}, 'pos_strategy'),
-    ({'scheduler': {'name': 'LambdaLR'}}, 'parameters.scheduler: expected'),
-    ({'scheduler': {'name': 'MultiStepLR', 'steps': [2]}}, 'parameters.scheduler: bad settings for MultiStepLR'),
+    ({'lr_scheduler': {'name': 'LambdaLR'}}, 'parameters.lr_scheduler: expected'),
+    ({'lr_scheduler': {'name': 'MultiStepLR', 'steps': [2]}}, 'parameters.lr_scheduler: bad settings for MultiStepLR'),
 ])
 def test_bad_miner_or_scheduler_is_refused_before_fitting(service, options, message):
     service.add(_blobs(5))

@@ -1,0 +1,138 @@
+"""Text fine-tuning and embedding speed: our ``fit`` vs sentence-transformers' trainer, in one run.
+
+Both fine-tune all-MiniLM-L6-v2 for one epoch on the same CLINC150 same-intent (anchor, positive)
+pairs with ``MultipleNegativesRankingLoss`` (scale 20, cosine), ``--batch-pairs`` pairs per batch,
+max_length 64, AdamW at the same lr with 10 % linear warm-up. ``fit`` gets the pairs as class data,
+each pair its own label (so both train on exactly the same pairs; the quality setting of the demo
+labels by intent instead); the peer gets them as an (anchor, positive) dataset with its NO_DUPLICATES
+sampler. Reported: training sentences/s of each and ``ours / peer`` (target >= 1.0);
+embedding sentences/s of the Encoder path (``VersionedEncoder.embed`` over a published version, i.e.
+``embed`` through the version's text transform) vs plain batched model calls on pre-sorted
+batches, and their ratio. Writes ``results/bench_text.json``.
+
+Needs the ``bench`` extra (sentence-transformers; its trainer also needs ``datasets`` and ``accelerate``).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_LENGTH = 64
+
+
+def pairs_of(texts, labels, num_pairs, seed=0):
+    """``num_pairs`` (anchor, positive, intent) triples: consecutive items of each intent, shuffled."""
+    rng = np.random.default_rng(seed)
+    by_label = {}
+    for text, label in zip(texts, labels):
+        by_label.setdefault(label, []).append(text)
+    pairs = []
+    for label, items in by_label.items():
+        items = [items[i] for i in rng.permutation(len(items))]
+        pairs += [(items[i], items[i + 1], label) for i in range(0, len(items) - 1, 2)]
+    order = rng.permutation(len(pairs))[:num_pairs]
+    return [pairs[i] for i in order]
+
+
+def ours(pairs, batch_pairs, lr):
+    from executors.data.transforms import attach_transform
+    from executors.models import build_model
+    from executors.tuner.trainer import fit
+
+    model = attach_transform(build_model({'builder': 'transformer', 'kwargs': {}}),
+                             {'modality': 'text', 'max_length': MAX_LENGTH})
+    texts = [t for a, p, _ in pairs for t in (a, p)]
+    labels = [f'{i}' for i in range(len(pairs)) for _ in range(2)]  # each pair its own label: the same pairs
+    start = time.perf_counter()
+    fit(model, (texts, labels), loss='MultipleNegativesRankingLoss', epochs=1, batch_size=2 * batch_pairs,
+        learning_rate=lr, optimizer='adamw', weight_decay=0.01, scheduler='linear', warmup_ratio=0.1,
+        progress_bar=False, seed=0)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def peer(pairs, batch_pairs, lr):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from executors.models.transformer import default_model_path
+
+    model = SentenceTransformer(default_model_path(), device='cpu')
+    model.max_seq_length = MAX_LENGTH
+    data = Dataset.from_dict({'anchor': [a for a, _, _ in pairs], 'positive': [p for _, p, _ in pairs]})
+    with tempfile.TemporaryDirectory() as out:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out, num_train_epochs=1, per_device_train_batch_size=batch_pairs, learning_rate=lr,
+            warmup_steps=0.1, batch_sampler='no_duplicates', save_strategy='no', report_to=[], seed=0,
+            use_cpu=True, logging_strategy='no', dataloader_drop_last=False)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                             loss=MultipleNegativesRankingLoss(model))
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return 2 * len(pairs) / seconds
+
+
+def embedding(texts, batch_size=128):
+    """(Encoder path sentences/s, plain batched calls sentences/s)."""
+    from executors.data.transforms import attach_transform
+    from executors.models import ModelStore, build_model
+    from executors.models.serving import VersionedEncoder
+
+    model = attach_transform(build_model({'builder': 'transformer', 'kwargs': {}}),
+                             {'modality': 'text', 'max_length': MAX_LENGTH})
+    with tempfile.TemporaryDirectory() as root:
+        store = ModelStore(root)
+        store.publish('bench', model)
+        encoder = VersionedEncoder(store, 'bench', batch_size=batch_size)
+        encoder.ensure_active()
+        start = time.perf_counter()
+        encoder.embed(list(texts))
+        encoder_rate = len(texts) / (time.perf_counter() - start)
+    tokenizer = model.input_transform
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():  # plain loop: tokenize a batch, call the model (model.encode-style)
+        for i in range(0, len(texts), batch_size):
+            model(tokenizer.batch(texts[i:i + batch_size]))
+    return encoder_rate, len(texts) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--pairs', type=int, default=7500, help='training pairs (7,500 = CLINC150 train, 1 epoch)')
+    parser.add_argument('--batch-pairs', type=int, default=64)
+    parser.add_argument('--lr', type=float, default=2e-4)
+    parser.add_argument('--embed', type=int, default=2000, help='sentences for the embedding throughput')
+    parser.add_argument('--out', type=Path, default=REPO / 'results' / 'bench_text.json')
+    args = parser.parse_args(argv)
+    for name in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'JINA_OPTOUT_TELEMETRY'):
+        os.environ.setdefault(name, '1')
+    from executors.demos.clinc150 import load_clinc150
+
+    texts, labels = load_clinc150('train')
+    pairs = pairs_of(texts, labels, args.pairs)
+    result = {'pairs': len(pairs), 'batch_pairs': args.batch_pairs, 'max_length': MAX_LENGTH, 'lr': args.lr,
+              'threads': torch.get_num_threads()}
+    result['fit_sentences_per_s'] = ours(pairs, args.batch_pairs, args.lr)
+    result['peer_trainer_sentences_per_s'] = peer(pairs, args.batch_pairs, args.lr)
+    result['fit_ratio'] = result['fit_sentences_per_s'] / result['peer_trainer_sentences_per_s']
+    encoder_rate, plain_rate = embedding(texts[:args.embed])
+    result.update(encoder_sentences_per_s=encoder_rate, plain_sentences_per_s=plain_rate,
+                  encoder_ratio=encoder_rate / plain_rate)
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The transformer model family: pooling formulas, store round trip, the installed MiniLM, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from executors.errors import InputError
+from executors.models import ModelStore, build_model
+from executors.models.transformer import TransformerEncoder, default_model_path, pool
+
+
+@pytest.fixture(scope='module')
+def tiny_bert(tmp_path_factory):
+    """A 1-layer random BERT saved like a pretrained model directory."""
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp('tiny-bert')
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(path)
+    return str(path)
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    ids = torch.from_numpy(rng.integers(1, 50, (3, 7)))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    return {'input_ids': ids * mask, 'attention_mask': mask}
+
+
+def test_pooling_matches_loops():
+    hidden = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    for b in range(3):
+        kept = hidden[b, mask[b].bool()]
+        torch.testing.assert_close(pool(hidden, mask, 'mean')[b], kept.mean(0))
+        torch.testing.assert_close(pool(hidden, mask, 'max')[b], kept.max(0).values)
+        torch.testing.assert_close(pool(hidden, mask, 'cls')[b], hidden[b, 0])
+
+
+@pytest.mark.parametrize('pooling', ['mean', 'cls', 'max'])
+def test_forward_pools_the_backbone_states(tiny_bert, pooling):
+    model = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert, 'pooling': pooling,
+                                                             'normalize': False}}).eval()
+    batch = _batch()
+    with torch.no_grad():
+        out = model(batch)
+        hidden = model.backbone(**batch).last_hidden_state
+    assert out.shape == (3, 16)
+    torch.testing.assert_close(out, pool(hidden, batch['attention_mask'], pooling))
+    normalized = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert, 'pooling': pooling}}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(normalized(batch), torch.nn.functional.normalize(out, dim=1))
+
+
+def test_padding_does_not_change_a_sentence_embedding(tiny_bert):
+    model = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert}}).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        alone = model({'input_ids': ids, 'attention_mask': torch.ones_like(ids)})
+        padded = model({'input_ids': torch.tensor([[5, 6, 7, 0, 0]]), 'attention_mask': torch.tensor([[1, 1, 1, 0, 0]])})
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_store_round_trip_keeps_tuned_weights(tiny_bert, tmp_path):
+    model = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert, 'pooling': 'max'}})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # "tuned": differs from the files in path
+    model.eval()
+    store = ModelStore(tmp_path)
+    store.publish('text', model)
+    loaded, config = store.load('text')
+    assert config['model'] == {'builder': 'transformer', 'kwargs': {'path': tiny_bert, 'pooling': 'max'}}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_batch(1)), model(_batch(1)))
+    pretrained = build_model(config['model']).eval()
+    with torch.no_grad():
+        assert not torch.allclose(pretrained(_batch(1)), model(_batch(1)))
+
+
+def test_random_init_architecture_loads_a_state_dict(tiny_bert):
+    source = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert}}).eval()
+    skeleton = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert, 'pretrained': False}}).eval()
+    skeleton.load_state_dict(source.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(skeleton(_batch()), source(_batch()))
+
+
+def test_installed_minilm_matches_sentence_transformers():
+    """Masked mean + L2 normalisation over all-MiniLM-L6-v2 is what sentence-transformers computes."""
+    st = pytest.importorskip('sentence_transformers')
+    from transformers import AutoTokenizer
+
+    texts = ['how do i reset my pin', 'what is the weather like tomorrow in paris', 'book a table']
+    model = build_model({'builder': 'transformer', 'kwargs': {}}).eval()
+    assert model.embedding_dim == 384
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    with torch.no_grad():
+        ours = model(dict(tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors='pt')))
+    reference = st.SentenceTransformer(default_model_path(), device='cpu').encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'pooling': 'median'}, '^pooling: unknown'),
+    ({'normalize': 'yes'}, '^normalize: expected true or false'),
+    ({'path': '/nonexistent/model'}, '^path: .* is not a transformers model directory'),
+])
+def test_bad_settings(tiny_bert, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert, **kwargs}})
+
+
+def test_untokenized_input_says_to_tokenize(tiny_bert):
+    model = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert}})
+    with pytest.raises(InputError, match="^inputs: a transformer encoder takes a tokenized batch.*got list"):
+        model(['a text'])
+    with pytest.raises(InputError, match=r"got \['input_ids'\]"):
+        model({'input_ids': torch.ones(1, 3, dtype=torch.long)})
+    assert isinstance(model, TransformerEncoder)
