@@ -44,6 +44,8 @@ def test_both_encoder_replicas_follow_a_promotion(tmp_path):
     flow = ReplicaSearchFlow(tmp_path, flow_yaml).start()
     ids, points = [f'd{i}' for i in range(100)], _points(100, 0)
     try:
+        log = flow.process.log_path.read_text(errors='replace')
+        assert 'encoder/rep-0' in log and 'encoder/rep-1' in log  # two Encoder replicas run
         flow.index(ids, points)
         before = flow.search(_points(4, 1), limit=5)
         assert {a.model_version for a in before} == {1}
