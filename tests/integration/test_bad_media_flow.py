@@ -47,7 +47,8 @@ def _write_data(root: Path) -> None:
 
 
 def _flow_yaml(cwd: Path, modality: str) -> Path:
-    config = {'jtype': 'Flow', 'with': {'protocol': ['grpc', 'http'], 'port': [0, 0]}, 'executors': [
+    config = {'jtype': 'Flow', 'with': {'protocol': ['grpc', 'http'], 'port': [0, 0]},
+              'gateway': {'uses': 'ServiceGateway', 'py_modules': ['executors.service.gateway']}, 'executors': [
         {'name': 'preprocessor', 'uses': 'Preprocessor', 'py_modules': ['executors.preprocessor'],
          'uses_with': {'endpoints': ['/index', '/search'], 'decoding': DECODING[modality], 'data_root': 'data'}},
         {'name': 'encoder', 'uses': 'Encoder', 'py_modules': ['executors.encoder'],
@@ -75,7 +76,7 @@ def flow(request, tmp_path_factory):
 def _stored_ids(flow) -> set:
     answers = flow['grpc'].post('/search', DocList[Doc]([Doc(id='q', uri=f"good3.{flow['suffix']}")]),
                                 parameters={'limit': 10}, return_type=DocList[Doc])
-    return {match.id for match in answers[0].matches}
+    return set(answers[0].match_ids)
 
 
 BAD = {
@@ -101,7 +102,7 @@ def test_bad_files_are_refused_naming_the_document_and_nothing_changes(flow):
         for endpoint in ('/index', '/search'):
             response = httpx.post(f"{flow['http']}{endpoint}", json={'data': docs, 'parameters': {}}, timeout=120)
             detail = response.json().get('detail', '')
-            assert response.status_code == 500 and "docs[1] (id 'bad-doc'): " in detail and message in detail, \
+            assert response.status_code == 400 and "docs[1] (id 'bad-doc'): " in detail and message in detail, \
                 response.text
             with pytest.raises(Exception) as error:
                 flow['grpc'].post(endpoint, DocList[Doc]([Doc(**d) for d in docs]))

@@ -84,7 +84,8 @@ TRAIN_BAD_REQUESTS = [  # endpoint, docs, parameters, HTTP status, full message
     ('/train', [], {}, 400, 'docs: the request to /train holds no documents; send at least one'),
     ('/fit', [], {'epoch': 3}, 400,
      'parameters.epoch: unknown parameter for /fit; known: batch_size, epochs, eval_fraction, eval_k, from_scratch, '
-     'learning_rate, loss, loss_kwargs, num_items_per_class, optimizer, seed, wait'),
+     'learning_rate, loss, loss_kwargs, lr_scheduler, miner, num_items_per_class, optimizer, scheduler, seed, wait, '
+     'warmup_ratio, weight_decay'),
     ('/fit', [], {'eval_fraction': 2.0}, 400, 'parameters.eval_fraction: must be in [0, 1), got 2.0'),
     ('/fit', [], {'learning_rate': -1.0}, 400, 'parameters.learning_rate: must be a finite number > 0, got -1.0'),
     ('/fit', [], {'epochs': 0}, 400, 'parameters.epochs: must be a positive integer, got 0'),
