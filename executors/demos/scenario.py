@@ -39,7 +39,7 @@ def search_grpc(client, query_docs, limit: int, request_size: int = 50) -> List[
     docs = DocList[Doc]([Doc(id=d.id, uri=d.uri, tensor=d.tensor) for d in query_docs])
     answers = client.post('/search', docs, parameters={'limit': limit}, request_size=request_size,
                           return_type=DocList[Doc])
-    by_id = {answer.id: [m.id for m in answer.matches] for answer in answers}
+    by_id = {answer.id: list(answer.match_ids or []) for answer in answers}
     return [by_id[d.id] for d in query_docs]
 
 
@@ -53,7 +53,7 @@ def search_http(port: int, query_docs, limit: int) -> List[List[str]]:
         payload = {'data': [{'id': d.id, 'uri': d.uri} for d in chunk], 'parameters': {'limit': limit}}
         response = httpx.post(f'http://localhost:{port}/search', json=payload, timeout=600)
         response.raise_for_status()
-        by_id = {answer['id']: [m['id'] for m in answer['matches']] for answer in response.json()['data']}
+        by_id = {answer['id']: list(answer.get('match_ids') or []) for answer in response.json()['data']}
         ranked.extend(by_id[d.id] for d in chunk)
     return ranked
 

@@ -39,7 +39,7 @@ def _search_http(url, texts, limit=5):
 
 
 def _map(answers, query_labels, label_of, per_intent, limit=5):
-    neighbours = np.array([[label_of[m['id']] for m in a['matches']] for a in answers])
+    neighbours = np.array([[label_of[match_id] for match_id in a['match_ids']] for a in answers])
     relevance = (neighbours == np.array(query_labels)[:, None]).astype(float)
     return retrieval_metrics(relevance, np.full(len(query_labels), per_intent), limit,
                              metrics=['mAP-retrieved', 'precision'])
@@ -89,4 +89,4 @@ def test_text_fit_and_swap_improve_http_search(tmp_path):
         assert response.status_code >= 400 and 'text' in response.text
         with pytest.raises(Exception, match=r"id \\?'notext\\?'\): text: expected a string"):
             search.post('/search', DocList[Doc]([Doc(id='notext', uri='x.txt')]))
-        assert len(_search_http(search_http, ['what time is it'])[0]['matches']) == 5
+        assert len(_search_http(search_http, ['what time is it'])[0]['match_ids']) == 5
