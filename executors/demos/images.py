@@ -111,7 +111,7 @@ def run(results_dir: Path, workdir: Path, quick: bool = False, miner: str = 'har
         train_client.post('/train', DocList[Doc]([Doc(id=d.id, uri=d.uri) for d in train_docs]), request_size=50)
         train_client.post('/fit', parameters=fit_parameters)
         job = wait_for_fit(train_client)
-        swap = hot_swap(search_client)
+        swap = hot_swap(search_client, version=job['version'])  # the fit's version, promoted or not
         print(f"hot-swapped the search flow to version {swap['version']} ({swap['reindexed']} docs re-embedded)")
         after = search_http(search_flow.ports['http'], query_docs, limit=10)
 
