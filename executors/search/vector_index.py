@@ -29,7 +29,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -128,18 +128,25 @@ class SearchIndex:
                   live_rows: Optional[np.ndarray] = None) -> Optional[FaissIndex]:
         """Apply embeddings of ``version`` stored after ``after_seq``, then drop rows that are not
         in ``live_rows`` (default: the rows the store holds an embedding of ``version`` for)."""
-        seq = after_seq
-        while True:
-            rows, vectors, seq = self.store.embeddings_after(version, seq)
-            if not len(rows):
-                break
-            if generation is None:
-                generation = self._new_generation(vectors.shape[1])
-            generation.upsert(rows, vectors)
+        generation, _ = self._replay(generation, version, after_seq)
         if generation is not None:
             live = self.store.embedding_rows(version) if live_rows is None else live_rows
             generation.remove(np.setdiff1d(generation.live_rows(), live))
         return generation
+
+    def _replay(self, generation: Optional[FaissIndex], version: int,
+                after_seq: int) -> Tuple[Optional[FaissIndex], int]:
+        """``(generation, last seq)``: the store's embeddings of ``version`` after ``after_seq`` upserted
+        into ``generation`` (a new one when None and there are any)."""
+        seq = after_seq
+        while True:
+            rows, vectors, next_seq = self.store.embeddings_after(version, seq)
+            if not len(rows):
+                return generation, seq
+            if generation is None:
+                generation = self._new_generation(vectors.shape[1])
+            generation.upsert(rows, vectors)
+            seq = next_seq
 
     def snapshot(self, versions: Optional[Sequence[int]] = None) -> List[int]:
         """Write snapshots of the changed generations (all changed ones by default); returns them."""
@@ -187,14 +194,7 @@ class SearchIndex:
                 seq = self.store.last_seq()
             if current is None:
                 return
-            fresh, rows_seq = None, 0
-            while True:
-                rows, vectors, rows_seq = self.store.embeddings_after(version, rows_seq)
-                if not len(rows):
-                    break
-                if fresh is None:
-                    fresh = self._new_generation(vectors.shape[1])
-                fresh.upsert(rows, vectors)
+            fresh, rows_seq = self._replay(None, version, 0)
             with self._lock:
                 if self.generations.get(version) is not current or fresh is None:
                     return
