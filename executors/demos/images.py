@@ -74,14 +74,10 @@ def plot_neighbours(data_root: Path, queries, rankings: dict, partner: dict, pat
 
 
 def run(results_dir: Path, workdir: Path, quick: bool = False, miner: str = 'hard') -> dict:
-    from jina import Client
-
     from executors.data.layouts import read_pair_folders
     from executors.data.schema import Doc, DocList
     from executors.demos.datasets import make_look_alike_pairs
-    from executors.demos.scenario import markdown_table, ranking_metrics, search_grpc, search_http, wait_for_fit
-    from executors.search.swap import hot_swap
-    from executors.service.flow_process import FlowProcess
+    from executors.demos.scenario import markdown_table, ranking_metrics, tune_through_flows
 
     settings = SETTINGS['quick' if quick else 'full']
     started = time.monotonic()
@@ -101,19 +97,11 @@ def run(results_dir: Path, workdir: Path, quick: bool = False, miner: str = 'har
     fit_parameters = {'epochs': settings['epochs'], 'miner': MINERS[miner]}
     print(f'{len(train_names)} training pairs; {len(index_docs)} held-out pairs: right images indexed, '
           'left images are the queries', flush=True)
-    with FlowProcess(REPO / 'flows/images-train.yml', workdir, free_ports=True) as train_flow, \
-            FlowProcess(REPO / 'flows/images-search.yml', workdir, free_ports=True) as search_flow:
-        train_client = Client(port=train_flow.ports['grpc'])
-        search_client = Client(port=search_flow.ports['grpc'])
-        search_client.post('/index', DocList[Doc]([Doc(id=d.id, uri=d.uri) for d in index_docs]), request_size=50)
-        before = search_grpc(search_client, query_docs, limit=10)
-        # the training flow labels each image by its file name (the pair) and decodes it
-        train_client.post('/train', DocList[Doc]([Doc(id=d.id, uri=d.uri) for d in train_docs]), request_size=50)
-        train_client.post('/fit', parameters=fit_parameters)
-        job = wait_for_fit(train_client)
-        swap = hot_swap(search_client, version=job['version'])  # the fit's version, promoted or not
-        print(f"hot-swapped the search flow to version {swap['version']} ({swap['reindexed']} docs re-embedded)")
-        after = search_http(search_flow.ports['http'], query_docs, limit=10)
+    # the training flow labels each image by its file name (the pair) and decodes it
+    before, after, swap, job = tune_through_flows(
+        REPO / 'flows/images-train.yml', REPO / 'flows/images-search.yml', workdir,
+        DocList[Doc]([Doc(id=d.id, uri=d.uri) for d in index_docs]),
+        DocList[Doc]([Doc(id=d.id, uri=d.uri) for d in train_docs]), query_docs, fit_parameters)
 
     table = {'pretrained (v1)': ranking_metrics(before, relevant, ('hit',)),
              f"tuned (v{swap['version']})": ranking_metrics(after, relevant, ('hit',))}

@@ -113,15 +113,11 @@ def plot_neighbours(clouds: dict, query_id: str, rankings: dict, path: Path, lab
 
 
 def run(results_dir: Path, workdir: Path, quick: bool = False) -> dict:
-    from jina import Client
-
     from executors.data.decoding import build_decoder
     from executors.data.layouts import read_mesh_folders
     from executors.data.schema import Doc, DocList
     from executors.demos.datasets import MESH_CLASSES, make_mesh_dataset
-    from executors.demos.scenario import markdown_table, ranking_metrics, search_grpc, search_http, wait_for_fit
-    from executors.search.swap import hot_swap
-    from executors.service.flow_process import FlowProcess
+    from executors.demos.scenario import markdown_table, ranking_metrics, tune_through_flows
 
     settings = SETTINGS['quick' if quick else 'full']
     started = time.monotonic()
@@ -144,20 +140,11 @@ def run(results_dir: Path, workdir: Path, quick: bool = False) -> dict:
     relevant = [ids_of_class[d.label] for d in query_docs]
     fit_parameters = {'epochs': settings['tune_epochs'], 'miner': MINER, 'lr_scheduler': multistep_schedule(settings['tune_epochs'])}
     print(f'tuning and evaluating on {tune_classes}: {len(index_docs)} indexed, {len(query_docs)} queries', flush=True)
-    with FlowProcess(REPO / 'flows/meshes-train.yml', workdir, free_ports=True) as train_flow, \
-            FlowProcess(REPO / 'flows/meshes-search.yml', workdir, free_ports=True) as search_flow:
-        train_client = Client(port=train_flow.ports['grpc'])
-        search_client = Client(port=search_flow.ports['grpc'])
-        search_client.post('/index', DocList[Doc]([Doc(id=d.id, uri=d.uri, label=d.label) for d in index_docs]),
-                           request_size=50)
-        before = search_grpc(search_client, query_docs, limit=10)
-        # the training flow labels the docs itself (the class folder of each uri) and decodes them
-        train_client.post('/train', DocList[Doc]([Doc(id=d.id, uri=d.uri) for d in index_docs]), request_size=50)
-        train_client.post('/fit', parameters=fit_parameters)
-        job = wait_for_fit(train_client)
-        swap = hot_swap(search_client, version=job['version'])  # the fit's version, promoted or not
-        print(f"hot-swapped the search flow to version {swap['version']} ({swap['reindexed']} docs re-embedded)")
-        after = search_http(search_flow.ports['http'], query_docs, limit=10)
+    # the training flow labels the docs itself (the class folder of each uri) and decodes them
+    before, after, swap, job = tune_through_flows(
+        REPO / 'flows/meshes-train.yml', REPO / 'flows/meshes-search.yml', workdir,
+        DocList[Doc]([Doc(id=d.id, uri=d.uri, label=d.label) for d in index_docs]),
+        DocList[Doc]([Doc(id=d.id, uri=d.uri) for d in index_docs]), query_docs, fit_parameters)
 
     table = {'pre-trained (v1)': ranking_metrics(before, relevant, METRICS),
              f"tuned (v{swap['version']})": ranking_metrics(after, relevant, METRICS)}

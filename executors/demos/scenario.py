@@ -1,5 +1,6 @@
 """Steps the image and mesh scenarios share: talk to the running train and search flows, score rankings.
 
+* :func:`tune_through_flows`: index, search, train, fit, hot-swap the fit's version in, search again;
 * :func:`wait_for_fit`: poll the training flow's ``/status`` until the fit ends, printing progress;
 * :func:`search_grpc` / :func:`search_http`: ranked match ids of query docs (by ``uri``) from the search flow;
 * :func:`ranking_metrics`: metric@k (1, 5, 10) of ranked ids given each query's relevant ids.
@@ -12,6 +13,32 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 HTTP_MAX_DOCS = 100  # Jina's HTTP gateway answers with the first 100 docs of a request only
+
+
+def tune_through_flows(train_yaml, search_yaml, workdir, index_docs, train_docs, query_docs,
+                       fit_parameters: dict, limit: int = 10):
+    """``(before, after, swap, job)``: start both flows (free ports), index ``index_docs`` in the search flow,
+    rank ``query_docs`` over gRPC (before), send ``train_docs`` to the training flow, ``/fit`` with
+    ``fit_parameters``, hot-swap the version the fit published (promoted or not) into the search flow and
+    rank again over HTTP (after); ``swap`` is the swap's final status report, ``job`` the finished fit."""
+    from jina import Client
+
+    from executors.search.swap import hot_swap
+    from executors.service.flow_process import FlowProcess
+
+    with FlowProcess(train_yaml, workdir, free_ports=True) as train_flow, \
+            FlowProcess(search_yaml, workdir, free_ports=True) as search_flow:
+        train_client = Client(port=train_flow.ports['grpc'])
+        search_client = Client(port=search_flow.ports['grpc'])
+        search_client.post('/index', index_docs, request_size=50)
+        before = search_grpc(search_client, query_docs, limit=limit)
+        train_client.post('/train', train_docs, request_size=50)
+        train_client.post('/fit', parameters=fit_parameters)
+        job = wait_for_fit(train_client)
+        swap = hot_swap(search_client, version=job['version'])
+        print(f"hot-swapped the search flow to version {swap['version']} ({swap['reindexed']} docs re-embedded)")
+        after = search_http(search_flow.ports['http'], query_docs, limit=limit)
+    return before, after, swap, job
 
 
 def wait_for_fit(client, poll_seconds: float = 2.0) -> dict:
