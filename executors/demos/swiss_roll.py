@@ -81,7 +81,7 @@ def run(results_dir: Path, workdir: Path) -> dict:
     from executors.evaluation.metrics import nearest_neighbours
     from executors.data.schema import Doc, DocList, Report
     from executors.search.results import matches
-    from executors.search.swap import hot_swap
+    from executors.search.swap import hot_swap, wait_until_serving
 
     started = time.monotonic()
     points, _ = make_swiss_roll(1500, noise=0.05, random_state=0)
@@ -126,8 +126,13 @@ def run(results_dir: Path, workdir: Path) -> dict:
             raise RuntimeError(f"fit failed: {job.get('error')}")
         print(f"published version {job['version']}; held-out fit metrics:\n{status.get('table', '')}")
 
-        swap = hot_swap(search_client)
-        print(f"hot-swapped the search flow to version {swap['version']} ({swap['reindexed']} docs re-embedded)")
+        if job.get('promotion', {}).get('promoted'):
+            # flows/search.yml follows the store: the promoted version is swapped in by the flow itself
+            wait_until_serving(search_client, job['version'])
+            print(f"the search flow swapped itself to the promoted version {job['version']}")
+        else:
+            swap = hot_swap(search_client, version=job['version'])
+            print(f"hot-swapped the search flow to version {swap['version']} ({swap['reindexed']} docs re-embedded)")
         after = _search_http(search_flow.ports['http'], query_docs, K)
         tuned_idx = np.array([[row_of[m['id']] for m in matches(d)] for d in after])
         tuned_version = after[0]['model_version']

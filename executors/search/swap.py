@@ -15,6 +15,7 @@ embedded it. Run ``python -m executors.search.swap --port 54620`` after a fit ha
 import argparse
 import json
 import sys
+import time
 from typing import Any, Dict, Optional
 
 from executors.data.schema import Doc, DocList, Report
@@ -39,6 +40,25 @@ def hot_swap(client, version: Optional[int] = None, batch_size: int = 256, progr
             progress(reindexed, int(results[-1].data['missing']))
     activated = client.post('/model/activate', parameters={'version': version}, return_type=DocList[Report])
     return {**activated[0].data, 'reindexed': reindexed}
+
+
+def wait_until_serving(client, version: int, timeout: float = 300.0, poll_seconds: float = 0.5,
+                       progress=None) -> Dict[str, Any]:
+    """Wait until the flow behind ``client`` serves ``version``: for a search flow that follows the
+    store (``follow_store``), which swaps itself when a fit is promoted. Returns the final
+    ``/model/status`` report; raises ``TimeoutError`` (with the last status) after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.post('/model/status', return_type=DocList[Report])[0].data
+        indexer = status.get('indexer', {})
+        if indexer.get('active_version') == version and indexer.get('pending_version') is None:
+            return status
+        if progress:
+            progress(status.get('lifecycle', {}).get('progress', {}))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f'the search flow does not serve version {version} after {timeout:.0f} s; '
+                               f'last status: {json.dumps(status)[:2000]}')
+        time.sleep(poll_seconds)
 
 
 def main(argv=None) -> int:
