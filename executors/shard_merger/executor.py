@@ -2,8 +2,12 @@
 
 Jina's own reduction (docarray v2 ``reduce_all``) merges docs by id field by field: it would
 concatenate ``match_ids`` and keep one shard's ``match_scores``, so it cannot merge a top-k.
-This executor receives every shard's answer (``docs_matrix``) and merges them with
-:func:`executors.search.shards.merge_top_k`.
+This executor receives every shard's answer (``docs_matrix``) and merges them into the answer
+one Indexer holding every document gives, for every Indexer endpoint (see
+:mod:`executors.search.shards`): top-k (``/search``, ``/search/bulk``), metrics of the merged
+top-k with relevant counts summed over shards (``/search/evaluate``), counts summed (``/count``,
+``/update``, ``/index/bulk``, swap reports), ``/get`` and ``/delete`` per id across shards, and
+``/model/status`` with every shard's state under ``shards``.
 """
 from typing import Dict, List, Optional
 
@@ -11,15 +15,21 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.data.schema import Batch, Doc, DocList, Report, assign, report
-from executors.search.shards import merge_top_k
+from executors.search.shards import merge_delete, merge_evaluation, merge_get, merge_top_k
 
-SUMMED = ('num_docs', 'reindexed', 'missing')
+SUMMED = ('num_docs', 'reindexed', 'missing', 'count', 'updated')
+
+
+def _datas(matrix) -> List[Dict]:
+    return [dict(m[0].data) for m in (matrix or []) if m is not None and len(m)]
 
 
 def _merge_reports(matrix: List[DocList[Report]]) -> DocList[Report]:
-    """One report: the first shard's data, with counts (``num_docs``, ``reindexed``, ``missing``)
-    summed over the shards, also inside the ``indexer`` entry."""
-    datas = [dict(m[0].data) for m in matrix if len(m)]
+    """One report: the first shard's data, with counts (``num_docs``, ``reindexed``, ``missing``,
+    ``count``, ``updated``) summed over the shards. A status (``indexer`` entry) sums ``num_docs``
+    and ``pending_missing``; ``active_version`` is the shards' common one (None while they differ,
+    mid-switch), ``pending_version`` any shard's; ``shards`` lists every shard's status, by shard id."""
+    datas = _datas(matrix)
     if not datas:
         return DocList[Report]()
     merged = dict(datas[0])
@@ -27,9 +37,20 @@ def _merge_reports(matrix: List[DocList[Report]]) -> DocList[Report]:
         if key in merged:
             merged[key] = sum(d.get(key, 0) for d in datas)
     if isinstance(merged.get('indexer'), dict):
-        merged['indexer'] = dict(merged['indexer'])
-        merged['indexer']['num_docs'] = sum(d['indexer'].get('num_docs', 0) for d in datas)
+        statuses = sorted(datas, key=lambda d: d['indexer'].get('shard_id', 0))
+        indexers = [d['indexer'] for d in statuses]
+        merged['indexer'] = dict(indexers[0])
+        merged['indexer'].pop('shard_id', None)
+        merged['indexer']['num_docs'] = sum(i.get('num_docs', 0) for i in indexers)
+        actives = {i.get('active_version') for i in indexers}
+        merged['indexer']['active_version'] = actives.pop() if len(actives) == 1 else None
+        pendings = [i.get('pending_version') for i in indexers if i.get('pending_version') is not None]
+        merged['indexer']['pending_version'] = pendings[0] if pendings else None
+        missing = [i.get('pending_missing') for i in indexers if i.get('pending_missing') is not None]
+        merged['indexer']['pending_missing'] = sum(missing) if missing else None
         merged['indexer']['shards'] = len(datas)
+        merged['shards'] = [{key: d.get(key) for key in ('indexer', 'lifecycle', 'retirement') if key in d}
+                            for d in statuses]
     return report(merged)
 
 
@@ -111,3 +132,30 @@ class ShardMerger(Executor):
     @requests(on='/model/status')
     def model_status(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
         return _merge_reports(docs_matrix or [])
+
+    @requests(on='/model/rollback')
+    def rollback(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        return _merge_reports(docs_matrix or [])
+
+    @requests(on='/count')
+    def count(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        return _merge_reports(docs_matrix or [])
+
+    @requests(on='/update')
+    def update(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        return _merge_reports(docs_matrix or [])
+
+    @requests(on='/delete')
+    def delete(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        datas = _datas(docs_matrix)
+        return report(merge_delete(datas)) if datas else DocList[Report]()
+
+    @requests(on='/get')
+    def get(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], **kwargs) -> DocList[Doc]:
+        matrix = [m for m in (docs_matrix or []) if m is not None]
+        return DocList[Doc](merge_get(matrix)) if matrix else DocList[Doc]()
+
+    @requests(on='/search/evaluate')
+    def evaluate(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
+        datas = _datas(docs_matrix)
+        return report(merge_evaluation([d['shard_part'] for d in datas])) if datas else DocList[Report]()
