@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SHARD_MERGER = 'jtype: ShardMerger\npy_modules: [executors.shard_merger]\n'
+SHARD_MERGER = 'jtype: ShardMerger\npy_modules: [executors.shard_merger]\nwith: {{shards: {shards}}}\n'
 
 
 def search_flow_config(dim: int = 3, model_name: str = 'swiss-roll-mlp', store_dir: str = 'workspace/models',
@@ -27,7 +27,7 @@ def search_flow_config(dim: int = 3, model_name: str = 'swiss-roll-mlp', store_d
                                               'model_name': model_name}
     index.setdefault('uses_with', {}).update(indexer or {})
     if shards > 1:
-        index.update(shards=int(shards), polling='ALL', uses_after=SHARD_MERGER)
+        index.update(shards=int(shards), polling='ALL', uses_after=SHARD_MERGER.format(shards=int(shards)))
     return config
 
 

@@ -8,6 +8,11 @@ one Indexer holding every document gives, for every Indexer endpoint (see
 top-k with relevant counts summed over shards (``/search/evaluate``), counts summed (``/count``,
 ``/update``, ``/index/bulk``, swap reports), ``/get`` and ``/delete`` per id across shards, and
 ``/model/status`` with every shard's state under ``shards``.
+
+Jina's head forwards what the shards it reached answered, without an error when a shard was not
+reached (it happens to the first request after a flow starts): with ``shards: N`` set, an answer
+from fewer shards is refused with a :class:`~executors.errors.RetryableError` (HTTP 503: resend;
+writes are upserts), never passed on as the whole answer.
 """
 from typing import Dict, List, Optional
 
@@ -15,6 +20,7 @@ import numpy as np
 from jina import Executor, requests
 
 from executors.data.schema import Batch, Doc, DocList, Report, assign, report
+from executors.errors import RetryableError
 from executors.search.shards import merge_delete, merge_evaluation, merge_get, merge_top_k
 
 SUMMED = ('num_docs', 'reindexed', 'missing', 'count', 'updated')
@@ -32,11 +38,13 @@ def _merge_reports(matrix: List[DocList[Report]]) -> DocList[Report]:
     datas = _datas(matrix)
     if not datas:
         return DocList[Report]()
+    if any(not d for d in datas):  # a shard failed (bad input): pass its answer on with its error
+        return matrix[0]
     merged = dict(datas[0])
     for key in SUMMED:
         if key in merged:
             merged[key] = sum(d.get(key, 0) for d in datas)
-    if isinstance(merged.get('indexer'), dict):
+    if all(isinstance(d.get('indexer'), dict) for d in datas):
         statuses = sorted(datas, key=lambda d: d['indexer'].get('shard_id', 0))
         indexers = [d['indexer'] for d in statuses]
         merged['indexer'] = dict(indexers[0])
@@ -55,11 +63,23 @@ def _merge_reports(matrix: List[DocList[Report]]) -> DocList[Report]:
 
 
 class ShardMerger(Executor):
-    """Merges the answers of ``N`` Indexer shards into the answer of one Indexer."""
+    """Merges the answers of ``shards`` Indexer shards into the answer of one Indexer."""
+
+    def __init__(self, shards: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.shards = shards
+
+    def _complete(self, docs_matrix) -> List:
+        """The shards' answers; RetryableError when fewer than ``shards`` answered."""
+        matrix = [m for m in (docs_matrix or []) if m is not None]
+        if docs_matrix is not None and self.shards and len(matrix) < self.shards:
+            raise RetryableError(f'only {len(matrix)} of {self.shards} index shards answered (a shard was not '
+                                 'reached); resend the request (repeating a write is safe)')
+        return matrix
 
     @requests(on='/search')
     def search(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], parameters: Dict, **kwargs) -> DocList[Doc]:
-        matrix = [m for m in (docs_matrix or []) if m is not None]
+        matrix = self._complete(docs_matrix)
         if not matrix:
             return DocList[Doc]()
         limit = int(parameters.get('limit', 10))
@@ -73,7 +93,7 @@ class ShardMerger(Executor):
     @requests(on='/search/bulk')
     def search_bulk(self, docs: DocList[Batch], docs_matrix: Optional[List[DocList[Batch]]], parameters: Dict,
                     **kwargs) -> DocList[Batch]:
-        matrix = [m for m in (docs_matrix or []) if m is not None]
+        matrix = self._complete(docs_matrix)
         if not matrix:
             return DocList[Batch]()
         limit = int(parameters.get('limit', 10))
@@ -102,11 +122,13 @@ class ShardMerger(Executor):
 
     @requests(on='/index')
     def index(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], **kwargs) -> DocList[Doc]:
+        # Jina hands this endpoint's answers over as one list (each shard stored the docs it owns):
+        # the shard count cannot be checked here
         return (docs_matrix or [DocList[Doc]()])[0]
 
     @requests(on='/index/bulk')
     def index_bulk(self, docs: DocList[Batch], docs_matrix: Optional[List[DocList[Batch]]], **kwargs) -> DocList[Batch]:
-        matrix = docs_matrix or [DocList[Batch]()]
+        matrix = self._complete(docs_matrix) or [DocList[Batch]()]
         merged = matrix[0]
         for position, batch in enumerate(merged):
             batch.num_indexed = sum(m[position].num_indexed or 0 for m in matrix)
@@ -115,47 +137,51 @@ class ShardMerger(Executor):
     @requests(on='/model/missing')
     def missing(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], parameters: Dict, **kwargs) -> DocList[Doc]:
         limit = int(parameters.get('limit', 256))
-        return DocList[Doc]([d for m in (docs_matrix or []) for d in m][:limit])
+        return DocList[Doc]([d for m in self._complete(docs_matrix) for d in m][:limit])
 
     @requests(on='/model/reindex')
     def reindex(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        return _merge_reports(docs_matrix or [])
+        return _merge_reports(self._complete(docs_matrix))
 
     @requests(on='/model/prepare')
     def prepare(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        return _merge_reports(docs_matrix or [])
+        return _merge_reports(self._complete(docs_matrix))
 
     @requests(on='/model/activate')
     def activate(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        return _merge_reports(docs_matrix or [])
+        return _merge_reports(self._complete(docs_matrix))
 
     @requests(on='/model/status')
     def model_status(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        return _merge_reports(docs_matrix or [])
+        return _merge_reports(self._complete(docs_matrix))
 
     @requests(on='/model/rollback')
     def rollback(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        return _merge_reports(docs_matrix or [])
+        return _merge_reports(self._complete(docs_matrix))
 
     @requests(on='/count')
     def count(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        return _merge_reports(docs_matrix or [])
+        return _merge_reports(self._complete(docs_matrix))
 
     @requests(on='/update')
     def update(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        return _merge_reports(docs_matrix or [])
+        return _merge_reports(self._complete(docs_matrix))
 
     @requests(on='/delete')
     def delete(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        datas = _datas(docs_matrix)
-        return report(merge_delete(datas)) if datas else DocList[Report]()
+        datas = _datas(self._complete(docs_matrix))
+        if not datas or not all('not_found' in d for d in datas):
+            return docs  # the shards failed (bad input): their error reaches the client
+        return report(merge_delete(datas))
 
     @requests(on='/get')
     def get(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], **kwargs) -> DocList[Doc]:
-        matrix = [m for m in (docs_matrix or []) if m is not None]
+        matrix = self._complete(docs_matrix)
         return DocList[Doc](merge_get(matrix)) if matrix else DocList[Doc]()
 
     @requests(on='/search/evaluate')
     def evaluate(self, docs: DocList[Report], docs_matrix: Optional[List[DocList[Report]]], **kwargs) -> DocList[Report]:
-        datas = _datas(docs_matrix)
-        return report(merge_evaluation([d['shard_part'] for d in datas])) if datas else DocList[Report]()
+        datas = _datas(self._complete(docs_matrix))
+        if not datas or not all('shard_part' in d for d in datas):
+            return docs  # the shards failed (bad input): their error reaches the client
+        return report(merge_evaluation([d['shard_part'] for d in datas]))
