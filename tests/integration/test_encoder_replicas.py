@@ -5,10 +5,9 @@ switch all succeed, each equal to brute force under the version stamped on it, a
 generation is dropped by the rule (every replica switched, every old-stamped query finished), not
 by the safety timeout. Flow: a ``replicas: 2`` variant of flows/search.yml started with
 ``jina flow --uses`` on free ports."""
+import json
 import threading
 import time
-
-import json
 
 import numpy as np
 import pytest
