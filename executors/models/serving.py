@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from torch import nn
 
-from executors.models.inference import embed
 from executors.errors import InputError
+from executors.models.inference import embed
 from executors.models.store import ModelStore
 
 

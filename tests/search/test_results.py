@@ -86,8 +86,7 @@ def test_bulk_matches_reads_padded_columns():
 
 def test_sharded_evaluation_get_and_delete_merge_to_the_unsharded_answer():
     from executors.errors import NotFoundError
-    from executors.search.shards import (evaluation_part, evaluation_report, merge_delete, merge_evaluation,
-                                         merge_get)
+    from executors.search.shards import evaluation_part, evaluation_report, merge_delete, merge_evaluation, merge_get
 
     rng = np.random.default_rng(1)
     ids = [f'd{i}' for i in range(60)]

@@ -14,8 +14,13 @@ from executors.data.schema import Doc, DocList
 from executors.errors import InputError, RetryableError, http_status_of
 from executors.models import ModelStore, build_model
 from executors.models.serving import VersionedEncoder
-from executors.search.retirement import (QueryLedger, ReplicaRecorder, candidate_loaded, read_replicas,
-                                         remove_dead_replicas)
+from executors.search.retirement import (
+    QueryLedger,
+    ReplicaRecorder,
+    candidate_loaded,
+    read_replicas,
+    remove_dead_replicas,
+)
 from executors.search.serving_state import read_serving_state
 from executors.search.vector_index import SearchIndex
 from tests.search.test_vector_index import _docs, _vectors
