@@ -64,7 +64,7 @@ class Indexer(Executor):
     ``index_factory`` (FAISS ``index_factory`` string: ``Flat``, ``HNSW32``, ``IVF1024,Flat``,
     ``IVF1024,PQ32``, ...), ``metric`` (``cosine``, ``inner_product``, ``l2``), ``train_threshold``
     (vectors before IVF/PQ are trained; exact search until then), ``snapshot_interval`` (seconds
-    between background FAISS snapshots). With ``shards: N`` in the Flow (``polling: ALL``), each
+    between background FAISS snapshots). With ``shards: N`` in the Flow (``polling`` ALL for every endpoint), each
     shard keeps the docs whose ``shard_of(id, N)`` is its shard id (in ``<index_dir>/shard-<i>``)
     and answers so that the :class:`~executors.shard_merger.ShardMerger` can merge the shards'
     answers into the unsharded one (:mod:`executors.search.shards`). ``index_dir``: where the index

@@ -1,6 +1,6 @@
 """Merging the answers of index shards (Jina-free).
 
-With ``shards: N`` and ``polling: ALL`` every shard answers every request from the documents it
+With ``shards: N`` and ``polling`` ALL for every endpoint every shard answers every request from the documents it
 holds (:func:`shard_of`); the :class:`~executors.shard_merger.ShardMerger` turns the ``N`` answers
 into the answer one index holding everything gives:
 

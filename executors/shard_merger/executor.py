@@ -122,9 +122,7 @@ class ShardMerger(Executor):
 
     @requests(on='/index')
     def index(self, docs: DocList[Doc], docs_matrix: Optional[List[DocList[Doc]]], **kwargs) -> DocList[Doc]:
-        # Jina hands this endpoint's answers over as one list (each shard stored the docs it owns):
-        # the shard count cannot be checked here
-        return (docs_matrix or [DocList[Doc]()])[0]
+        return (self._complete(docs_matrix) or [DocList[Doc]()])[0]
 
     @requests(on='/index/bulk')
     def index_bulk(self, docs: DocList[Batch], docs_matrix: Optional[List[DocList[Batch]]], **kwargs) -> DocList[Batch]:

@@ -190,11 +190,13 @@ def test_every_document_endpoint_answers_sharded_as_unsharded(flows):
     mine = {'tags.set': 'crud'}
     totals = {name: _report(flows[name], '/count')['count'] for name in ('one', 'two')}
     labels, tags = [str(n % 6) for n in range(300)], [{'set': 'crud', 'n': n} for n in range(300)]
-    for name in ('one', 'two'):
+    for name in ('one', 'two'):  # 60 docs one by one (each /index request must reach every shard), 240 in bulk
+        _resent(lambda: flows[f'{name}_grpc'].post('/index', DocList[Doc]([
+            Doc(id=ids[n], tensor=points[n], label=labels[n], tags=tags[n]) for n in range(60)]), request_size=20))
         reports = _resent(lambda: flows[f'{name}_grpc'].post(
-            '/index/bulk', list(bulk_batches(ids, points, labels, tags, batch_size=100)), request_size=1,
-            return_type=DocList[Batch]))
-        assert sum(b.num_indexed for b in reports) == 300
+            '/index/bulk', list(bulk_batches(ids[60:], points[60:], labels[60:], tags[60:], batch_size=80)),
+            request_size=1, return_type=DocList[Batch]))
+        assert sum(b.num_indexed for b in reports) == 240
     assert {name: _report(flows[name], '/count')['count'] - totals[name] for name in ('one', 'two')} == \
         {'one': 300, 'two': 300}
     shard_ids = [shard_of(i, 2) for i in ids]
