@@ -9,10 +9,11 @@ top-k with relevant counts summed over shards (``/search/evaluate``), counts sum
 ``/update``, ``/index/bulk``, swap reports), ``/get`` and ``/delete`` per id across shards, and
 ``/model/status`` with every shard's state under ``shards``.
 
-Jina's head forwards what the shards it reached answered, without an error when a shard was not
-reached (it happens to the first request after a flow starts): with ``shards: N`` set, an answer
-from fewer shards is refused with a :class:`~executors.errors.RetryableError` (HTTP 503: resend;
-writes are upserts), never passed on as the whole answer.
+Jina's head merges whatever shards it sent a request to, without an error when that is fewer than
+all (by default it sends ``/index`` to one shard, round robin, even with ``polling: ALL``; see
+:mod:`executors.search.flow_config`): with ``shards: N`` set, an answer from fewer shards is refused
+with a :class:`~executors.errors.RetryableError` (HTTP 503: resend; repeating a write is safe),
+never passed on as the whole answer.
 """
 from typing import Dict, List, Optional
 

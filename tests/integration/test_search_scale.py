@@ -3,7 +3,6 @@ settings through the flow, and acknowledged writes surviving a SIGKILL without p
 index rewrites."""
 import os
 import signal
-import time
 
 import httpx
 import numpy as np
@@ -38,31 +37,6 @@ def _search(client, queries, **parameters):
                        return_type=DocList[Doc])
 
 
-def _wait_for_every_shard(client, shards, timeout=60.0):
-    """Jina's head may not reach every shard with the first requests after a start; the
-    ShardMerger refuses such answers (503: resend). Wait until every shard answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if client.post('/model/status')[0].data['indexer']['shards'] == shards:
-                return
-        except Exception:  # noqa: BLE001 - 'only 1 of 2 index shards answered': retried
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
-
-
-def _resent(send, attempts=5):
-    """``send()``, resent while the answer is the ShardMerger's 503 (a shard not reached)."""
-    for attempt in range(attempts):
-        try:
-            return send()
-        except Exception as e:  # noqa: BLE001 - only the resend-me answer is retried
-            if 'index shards answered' not in str(e) or attempt == attempts - 1:
-                raise
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope='module')
 def flows(tmp_path_factory):
     """One unsharded (HNSW) and one 2-shard flow over the same model store."""
@@ -81,7 +55,6 @@ def flows(tmp_path_factory):
     try:
         one.wait_ready()
         two.wait_ready()
-        _wait_for_every_shard(Client(port=two.ports['grpc']), 2)
         yield {'cwd': cwd, 'one': one, 'two': two, 'one_grpc': Client(port=one.ports['grpc']),
                'two_grpc': Client(port=two.ports['grpc'])}
     finally:
@@ -191,11 +164,11 @@ def test_every_document_endpoint_answers_sharded_as_unsharded(flows):
     totals = {name: _report(flows[name], '/count')['count'] for name in ('one', 'two')}
     labels, tags = [str(n % 6) for n in range(300)], [{'set': 'crud', 'n': n} for n in range(300)]
     for name in ('one', 'two'):  # 60 docs one by one (each /index request must reach every shard), 240 in bulk
-        _resent(lambda: flows[f'{name}_grpc'].post('/index', DocList[Doc]([
-            Doc(id=ids[n], tensor=points[n], label=labels[n], tags=tags[n]) for n in range(60)]), request_size=20))
-        reports = _resent(lambda: flows[f'{name}_grpc'].post(
+        flows[f'{name}_grpc'].post('/index', DocList[Doc]([
+            Doc(id=ids[n], tensor=points[n], label=labels[n], tags=tags[n]) for n in range(60)]), request_size=20)
+        reports = flows[f'{name}_grpc'].post(
             '/index/bulk', list(bulk_batches(ids[60:], points[60:], labels[60:], tags[60:], batch_size=80)),
-            request_size=1, return_type=DocList[Batch]))
+            request_size=1, return_type=DocList[Batch])
         assert sum(b.num_indexed for b in reports) == 240
     assert {name: _report(flows[name], '/count')['count'] - totals[name] for name in ('one', 'two')} == \
         {'one': 300, 'two': 300}
@@ -204,10 +177,7 @@ def test_every_document_endpoint_answers_sharded_as_unsharded(flows):
 
     def both(endpoint, data=(), **parameters):
         one = _answer(flows['one'], endpoint, data, **parameters)
-        for _ in range(5):  # the sharded flow's first request to an endpoint may miss a shard: 503, resend
-            two = _answer(flows['two'], endpoint, data, **parameters)
-            if two[0] != 503 or 'index shards answered' not in str(two[1]):
-                break
+        two = _answer(flows['two'], endpoint, data, **parameters)
         for answer in (one, two):
             if answer[0] == 200:
                 answer[1].pop('header', None)
@@ -234,12 +204,12 @@ def test_every_document_endpoint_answers_sharded_as_unsharded(flows):
     # /update: all or nothing, also when the unknown id and the known ones live on different shards
     for name in ('one', 'two'):
         with pytest.raises(Exception) as error:
-            _resent(lambda: flows[f'{name}_grpc'].post('/update', DocList[Doc]([
-                Doc(id='crud0', label='z'), Doc(id='crud1', label='z'), Doc(id='nope', label='z')])))
+            flows[f'{name}_grpc'].post('/update', DocList[Doc]([
+                Doc(id='crud0', label='z'), Doc(id='crud1', label='z'), Doc(id='nope', label='z')]))
         assert grpc_error_message(error.value) == "docs.id: 1 id(s) not indexed: ['nope']; index them with /index"
     assert both('/get', ids=['crud0', 'crud1'])[1]['data'][0]['label'] == '0'  # nothing was updated
-    updated = [_resent(lambda: flows[f'{name}_grpc'].post('/update', DocList[Doc]([
-        Doc(id=f'crud{i}', label='z', tags={'set': 'crud'}) for i in range(10)])))[0].data for name in ('one', 'two')]
+    updated = [flows[f'{name}_grpc'].post('/update', DocList[Doc]([
+        Doc(id=f'crud{i}', label='z', tags={'set': 'crud'}) for i in range(10)]))[0].data for name in ('one', 'two')]
     assert updated[0] == updated[1] == {'updated': 10}
     assert both('/count', filter={'label': 'z', 'tags.set': 'crud'})[1]['data'][0]['data'] == {'count': 10}
     # /delete reports per id across the shards

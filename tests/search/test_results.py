@@ -120,3 +120,17 @@ def test_sharded_evaluation_get_and_delete_merge_to_the_unsharded_answer():
     assert merge_delete([{'deleted': 1, 'not_found': ['b', 'x', 'y'], 'num_docs': 3},
                          {'deleted': 1, 'not_found': ['a', 'y', 'x'], 'num_docs': 4}]) == \
         {'deleted': 2, 'not_found': ['x', 'y'], 'num_docs': 7}
+
+
+def test_shard_merger_refuses_an_answer_missing_a_shard():
+    from executors.data.schema import Report, report
+    from executors.errors import RetryableError
+    from executors.shard_merger.executor import ShardMerger
+
+    merger = ShardMerger(shards=2)
+    one, two = report({'count': 3}), report({'count': 4})
+    assert merger.count(DocList[Report](), docs_matrix=[one, two])[0].data == {'count': 7}
+    with pytest.raises(RetryableError, match=r'only 1 of 2 index shards answered .*; resend the request'):
+        merger.count(DocList[Report](), docs_matrix=[one])
+    with pytest.raises(RetryableError):
+        merger.index(DocList[Doc](), docs_matrix=[DocList[Doc]([Doc(id='a')])])
