@@ -72,7 +72,8 @@ def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
     inputs), in eval mode; for docs, each ``doc.embedding`` is set as well.
 
     Batches are ``collate_fn([preprocess_fn(x) ...])``; when neither is given and the model carries
-    an input transform, ``transform.batch(values)`` (no augmentation), else ``default_collate``."""
+    an input transform, ``transform.batch(values)`` (no augmentation), else ``default_collate``.
+    Texts (more than one batch of them) are batched longest first, to pad less."""
     if isinstance(batch_size, str):  # the old Finetuner's embed(docs, model, device, batch_size)
         raise InputError(f'batch_size: got {batch_size!r}; the third argument of embed is batch_size (the old '
                          f'Finetuner had device there): write embed(docs, model, device={batch_size!r})')
@@ -82,6 +83,11 @@ def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
     is_docs = hasattr(items[0], 'embedding')
     contents = [doc_content(d) for d in items] if is_docs else items
     transform = transform_of(model) if preprocess_fn is None and collate_fn is None else None
+    # texts are batched longest first (less padding per batch) and returned in input order
+    order = None
+    if len(contents) > batch_size and all(isinstance(c, str) for c in contents):
+        order = np.argsort([-len(c) for c in contents], kind='stable')
+        contents = [contents[i] for i in order]
     was_training = model.training
     model.eval()
     model.to(device)
@@ -100,6 +106,10 @@ def embed(docs, model: nn.Module, batch_size: int = 256, device: str = 'cpu',
     finally:
         model.train(was_training)
     embeddings = np.concatenate(out)
+    if order is not None:
+        unsorted = np.empty_like(embeddings)
+        unsorted[order] = embeddings
+        embeddings = unsorted
     if is_docs:
         for doc, vector in zip(items, embeddings):
             doc.embedding = vector

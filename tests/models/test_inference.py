@@ -34,3 +34,19 @@ def test_embed_with_a_transform_refuses_bad_items_naming_them():
         assert 'inputs[1]: tensor: expected a 1-D vector of length 3' in str(error)
     else:
         raise AssertionError('a vector of the wrong length was embedded')
+
+
+def test_embed_batches_texts_longest_first_and_answers_in_input_order():
+    texts = ['a', 'abcd', 'ab', 'abcdef', 'abc', 'abcde', '']
+    batches = []
+
+    def collate(chunk):  # [B, 2]: (length, 1.0)
+        batches.append(list(chunk))
+        return torch.tensor([[float(len(t)), 1.0] for t in chunk])
+
+    out = embed(texts, torch.nn.Identity(), batch_size=3, collate_fn=collate)
+    np.testing.assert_array_equal(out[:, 0], [len(t) for t in texts])  # each row is its own text's
+    assert batches == [['abcdef', 'abcde', 'abcd'], ['abc', 'ab', 'a'], ['']]
+    batches.clear()
+    embed(texts[:3], torch.nn.Identity(), batch_size=3, collate_fn=collate)  # one batch: order kept
+    assert batches == [texts[:3]]
