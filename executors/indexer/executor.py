@@ -12,6 +12,7 @@ from executors.errors import InputError, NotFoundError
 from executors.evaluation.metrics import label_relevance, retrieval_metrics
 from executors.models import ModelStore
 from executors.search.filters import compile_filter
+from executors.search.head_swap import fill_from_base
 from executors.search.lifecycle import ModelFollower
 from executors.search.shards import shard_of
 from executors.search.vector_index import SearchIndex
@@ -67,11 +68,17 @@ class Indexer(Executor):
     shard keeps the docs whose ``shard_of(id, N)`` is its shard id. ``index_dir``: where the index
     lives (default ``<workspace>/index``; the Encoder follows the serving version recorded there);
     ``limits``: see :class:`executors.service.limits.RequestLimits`.
+
+    Head-only swaps (:mod:`executors.search.head_swap`): with ``store_dir`` and ``model_name`` (the
+    Encoder's) or ``follow_store``, ``/model/prepare`` of a version that only changes a head over a
+    frozen base whose embeddings are stored fills the new generation itself by applying the head to
+    them (its report says ``head_swap``: how many); ``/model/missing`` then lists only the rest.
     """
 
     def __init__(self, index_factory: str = 'Flat', metric: str = 'cosine', train_threshold: Optional[int] = None,
                  snapshot_interval: float = 60.0, index_dir: Optional[str] = None, limits: Optional[Dict] = None,
-                 follow_store: Optional[Dict] = None, **kwargs):
+                 follow_store: Optional[Dict] = None, store_dir: Optional[str] = None,
+                 model_name: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.limits = RequestLimits.from_config(limits)
         runtime = getattr(self, 'runtime_args', None)
@@ -90,6 +97,11 @@ class Indexer(Executor):
             store = ModelStore(options.pop('store_dir', 'models'))
             model_name = options.pop('model_name', 'model')
             self.follower = ModelFollower(self.index, store, model_name, **options)
+        if (store_dir is None) != (model_name is None):
+            raise InputError('store_dir, model_name: give both (the Encoder\'s model store and model name) for '
+                             'head-only swaps, or neither')
+        self.model_store = ((self.follower.store, self.follower.model_name) if self.follower is not None else
+                            None if store_dir is None else (ModelStore(store_dir), model_name))
 
     def close(self) -> None:
         if self.follower is not None:
@@ -284,7 +296,10 @@ class Indexer(Executor):
         validate_parameters('/model/prepare', parameters)
         version = _version_from(docs, parameters, '/model/prepare')
         self.index.prepare(version)
-        return self._status(docs, version=version)
+        if self.model_store is None:
+            return self._status(docs, version=version)
+        store, model_name = self.model_store
+        return self._status(docs, version=version, head_swap=fill_from_base(self.index, store, model_name, version))
 
     @requests(on='/model/missing')
     def missing(self, parameters: Dict, **kwargs) -> DocList[Doc]:

@@ -9,7 +9,9 @@ version without a restart or any user command:
    new documents with both versions.
 2. Re-embed: the stored documents the new generation lacks are embedded here with the new
    version (same :class:`VersionedEncoder` code as the Encoder) and added, in batches; progress
-   (done / total, seconds left) is reported by :meth:`status`.
+   (done / total, seconds left) is reported by :meth:`status`. A version that only changes a
+   head over the frozen base of stored base embeddings gets the head applied to those instead
+   (:func:`executors.search.head_swap.fill_from_base`; ``progress.head_swap`` counts the routes).
 3. Switch: ``encoder.json`` tells the Encoders to embed with the new version (queries are then
    answered by the complete pending generation); after ``grace`` seconds, so that no query still
    in flight needs the old generation, the index activates the new version and drops the old one.
@@ -28,9 +30,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from executors.errors import InputError
-from executors.models.inference import doc_content
+from executors.data.transforms import transform_of
+from executors.models.heads import WithHead
+from executors.models.inference import doc_content, embed
 from executors.models.serving import VersionedEncoder
 from executors.models.store import ModelStore
+from executors.search.head_swap import fill_from_base
 from executors.search.vector_index import SearchIndex
 
 log = logging.getLogger(__name__)
@@ -133,15 +138,28 @@ class ModelFollower:
         self._state['followed'] = target
         self._save()
 
+    def _base_embedder(self, version: int):
+        """``contents -> [N, D_base]`` with the frozen base of ``version`` if it is base + head, else None."""
+        model = self.encoder.model(version)
+        if not isinstance(model, WithHead):
+            return None
+        transform = transform_of(model)
+        return lambda contents: embed(contents, model.base, batch_size=self.batch_size, device=self.encoder.device,
+                                      collate_fn=None if transform is None else transform.batch)
+
     def swap(self, version: int) -> None:
         """Re-embed the stored docs with ``version`` and make it the served version (steps 1-3)."""
         index = self.index
         old = index.active_version
         index.prepare(version)
         self.encoder.follow(version, None)
-        started, done = time.monotonic(), 0
+        started = time.monotonic()
         self.progress = {'version': version, 'done': 0, 'total': index.count(), 'seconds_left': None,
                          'stage': 're-embedding'}
+        routes = fill_from_base(index, self.store, self.model_name, version, embed_base=self._base_embedder(version),
+                                batch_size=self.batch_size, progress=self.progress, stop=self._stop.is_set)
+        self.progress['head_swap'] = routes
+        done = routes['head_only'] + routes['base_embedded']
         while not self._stop.is_set():
             docs = index.docs_missing_from(version, self.batch_size)
             if not docs:
