@@ -1,9 +1,10 @@
 """Model swap time of the search index on CLINC150 train texts: full re-embedding vs head-only.
 
 The index holds ``--docs`` CLINC150 train texts (15,000 = all) embedded by pretrained
-all-MiniLM-L6-v2 (max_length 64), version 1 of a model store. Swaps run in-process through
-:meth:`executors.search.lifecycle.ModelFollower.swap` (the automatic swap of a search flow that
-follows the store; grace 0):
+all-MiniLM-L6-v2 (max_length 64), version 1 of a model store. Swaps run in-process as a search flow
+that follows the store runs them: the store's pointer moves to the new version (a promotion) and
+the Indexer's :class:`executors.search.lifecycle.ModelFollower` swaps the index to it (grace 0);
+the time is from the pointer move until the index serves the new version:
 
 * (a) ``full``: pretrained MiniLM served -> a fine-tuned full transformer version (the pretrained
   weights after one AdamW step on same-intent pairs: the swap time does not depend on quality);
@@ -53,17 +54,17 @@ def one_step_fine_tune(model, texts, intents, lr=2e-5, pairs=16):
     return model.eval()
 
 
-def timed_swap(index, store, version, batch_size):
-    from executors.search.lifecycle import ModelFollower
-
-    follower = ModelFollower(index, store, MODEL, poll_interval=3600, batch_size=batch_size, grace=0.0)
-    try:
-        start = time.perf_counter()
-        follower.swap(version)
-        seconds = time.perf_counter() - start
-        return seconds, dict(follower.progress.get('head_swap', {}))
-    finally:
-        follower.close()
+def timed_swap(follower, store, version):
+    """Seconds from moving the store's pointer to ``version`` (a promotion) until the follower's
+    index serves it, and the follower's head-swap routes."""
+    index = follower.index
+    start = time.perf_counter()
+    store.set_current(MODEL, version)
+    while index.active_version != version or index.pending_version is not None:
+        if follower.error:
+            raise RuntimeError(follower.error)
+        time.sleep(0.01)
+    return time.perf_counter() - start, dict(follower.progress.get('head_swap', {}))
 
 
 def main(argv=None) -> int:
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
     from executors.models import ModelStore, build_model
     from executors.models.heads import with_head
     from executors.models.inference import embed
+    from executors.search.lifecycle import ModelFollower
     from executors.search.vector_index import SearchIndex
     from executors.tuner.head_tuners import FeedForwardTuner
 
@@ -117,13 +119,18 @@ def main(argv=None) -> int:
     results = {'docs': num_docs, 'threads': torch.get_num_threads(), 'initial_index_seconds': index_seconds}
     print('(a) pretrained -> fine-tuned transformer (full re-embedding) ...', file=sys.stderr)
     index = served_index('a')
-    results['full_seconds'], results['full_routes'] = timed_swap(index, store, v_full, args.batch_size)
+    follower = ModelFollower(index, store, MODEL, poll_interval=0.01, batch_size=args.batch_size, grace=0.0)
+    results['full_seconds'], results['full_routes'] = timed_swap(follower, store, v_full)
+    follower.close()
     index.close()
+    store.set_current(MODEL, v_pretrained)
     index = served_index('b')
+    follower = ModelFollower(index, store, MODEL, poll_interval=0.01, batch_size=args.batch_size, grace=0.0)
     print('(b0) pretrained -> MiniLM + head 1 ...', file=sys.stderr)
-    results['seed_seconds'], results['seed_routes'] = timed_swap(index, store, heads[0], args.batch_size)
+    results['seed_seconds'], results['seed_routes'] = timed_swap(follower, store, heads[0])
     print('(b) MiniLM + head 1 -> MiniLM + head 2 ...', file=sys.stderr)
-    results['head_seconds'], results['head_routes'] = timed_swap(index, store, heads[1], args.batch_size)
+    results['head_seconds'], results['head_routes'] = timed_swap(follower, store, heads[1])
+    follower.close()
     sample = np.arange(min(256, num_docs))
     rows, stored, _ = index.store.embeddings_after(heads[1], 0)
     by_row = dict(zip(rows.tolist(), stored))

@@ -94,9 +94,8 @@ class Indexer(Executor):
         self.follower = None
         if follow_store:
             options = dict(follow_store)
-            store = ModelStore(options.pop('store_dir', 'models'))
-            model_name = options.pop('model_name', 'model')
-            self.follower = ModelFollower(self.index, store, model_name, **options)
+            self.follower = ModelFollower(self.index, ModelStore(options.pop('store_dir', 'models')),
+                                          options.pop('model_name', 'model'), **options)
         if (store_dir is None) != (model_name is None):
             raise InputError('store_dir, model_name: give both (the Encoder\'s model store and model name) for '
                              'head-only swaps, or neither')
