@@ -190,12 +190,20 @@ class DocumentStore:
         stacked = np.stack(vectors)[order] if vectors else np.zeros((0, dim), np.float32)
         return (np.asarray(found, dtype=np.int64)[order], stacked, np.asarray(sorted(bad), dtype=np.int64))
 
-    def base_rows(self, fingerprint: str) -> np.ndarray:
-        """Rows holding a base embedding under ``fingerprint``."""
+    def base_rows(self, fingerprint: str, among: Optional[Sequence[int]] = None) -> np.ndarray:
+        """Rows holding a base embedding under ``fingerprint`` (only those ``among`` the given rows), ascending."""
         with self._lock:
-            return np.asarray([r for (r,) in self._db.execute(
-                'SELECT row FROM base_embeddings WHERE fingerprint=? ORDER BY row', (str(fingerprint),))],
-                dtype=np.int64)
+            if among is None:
+                found = [r for (r,) in self._db.execute('SELECT row FROM base_embeddings WHERE fingerprint=?',
+                                                        (str(fingerprint),))]
+            else:
+                found = []
+                for start in range(0, len(among), 900):
+                    chunk = tuple(int(r) for r in among[start:start + 900])
+                    found += [r for (r,) in self._db.execute(
+                        f'SELECT row FROM base_embeddings WHERE fingerprint=? AND row IN ({",".join("?" * len(chunk))})',
+                        (str(fingerprint), *chunk))]
+        return np.asarray(sorted(found), dtype=np.int64)
 
     def base_fingerprints(self) -> List[str]:
         with self._lock:
@@ -298,6 +306,16 @@ class DocumentStore:
         marks = ','.join('?' * len(ids))
         with self._lock:
             return dict(self._db.execute(f'SELECT id, row FROM docs WHERE id IN ({marks})', tuple(ids)).fetchall())
+
+    def existing_rows(self, rows: Sequence[int]) -> np.ndarray:
+        """The ones among ``rows`` that are stored, ascending."""
+        found = []
+        with self._lock:
+            for start in range(0, len(rows), 900):
+                chunk = tuple(int(r) for r in rows[start:start + 900])
+                found += [r for (r,) in self._db.execute(
+                    f'SELECT row FROM docs WHERE row IN ({",".join("?" * len(chunk))})', chunk)]
+        return np.asarray(sorted(found), dtype=np.int64)
 
     def all_rows(self) -> np.ndarray:
         with self._lock:

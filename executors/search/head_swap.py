@@ -44,6 +44,7 @@ from executors.search.vector_index import SearchIndex
 
 log = logging.getLogger(__name__)
 HEAD_PREFIX = 'head.'
+HEAD_BATCH = 4096  # docs per batch given the head from stored base embeddings (the head is cheap)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def fill_from_base(index: SearchIndex, store: ModelStore, model_name: str, versi
     """Fill the (prepared) generation of ``version`` from stored base embeddings (module docstring).
 
     ``embed_base(contents) -> [N, D_base]``: the target's base, to embed the docs lacking a stored base
-    embedding (None: leave them missing for the caller's full re-embedding). ``progress``: a dict
+    embedding, ``batch_size`` at a time (None: leave them missing for the caller's full re-embedding). ``progress``: a dict
     updated with ``done``/``total``. Returns ``{'route': 'head'|'full', 'head_only': docs given the head
     from stored base embeddings, 'base_embedded': docs run through the base here, 'seeded': base
     embeddings copied from the served generation, 'rejected': stored base embeddings found corrupt}``.
@@ -134,13 +135,13 @@ def fill_from_base(index: SearchIndex, store: ModelStore, model_name: str, versi
     def add(rows: np.ndarray, base: np.ndarray) -> int:
         vectors = target.apply(base)
         with index._lock:  # a doc replaced meanwhile lost its base embedding: its new vector stays
-            current = np.isin(rows, index.store.base_rows(fingerprint))
+            current = np.isin(rows, index.store.base_rows(fingerprint, among=rows))
             return index.reindex_rows(rows[current], vectors[current], version)
 
     missing = index.missing_rows(version)
     if progress is not None:
         progress.update(done=0, total=len(missing), route='head')
-    for chunk in _batches(missing, batch_size):
+    for chunk in _batches(missing, max(batch_size, HEAD_BATCH)):
         if stop is not None and stop():
             return counts
         rows, base, bad = index.store.base_embeddings(fingerprint, chunk, target.in_dim)

@@ -359,7 +359,7 @@ class SearchIndex:
             if int(version) not in (self.pending_version, self.active_version):
                 raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             rows = np.asarray(rows, dtype=np.int64)
-            stored = np.isin(rows, self.store.all_rows()) if len(rows) else np.zeros(0, dtype=bool)
+            stored = np.isin(rows, self.store.existing_rows(rows))
             rows, embeddings = rows[stored], np.asarray(embeddings, dtype=np.float32)[stored]
             generation = self.generations.get(int(version))
             if generation is None and len(rows):
