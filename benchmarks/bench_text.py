@@ -7,8 +7,9 @@ each pair its own label (so both train on exactly the same pairs; the quality se
 labels by intent instead); the peer gets them as an (anchor, positive) dataset with its NO_DUPLICATES
 sampler. Reported: training sentences/s of each and ``ours / peer`` (target >= 1.0);
 embedding sentences/s of the Encoder path (``VersionedEncoder.embed`` over a published version, i.e.
-``embed`` through the version's text transform) vs plain batched model calls on pre-sorted
-batches, and their ratio. Writes ``results/bench_text.json``.
+``embed`` through the version's text transform) vs plain batched model calls and vs
+sentence-transformers' ``model.encode`` (same batch size and max_length), and the ratios. The
+pairs are split into ``--rounds`` rounds that alternate which trainer runs first. Writes ``results/bench_text.json``.
 
 Needs the ``bench`` extra (sentence-transformers; its trainer also needs ``datasets`` and ``accelerate``).
 """
@@ -82,7 +83,7 @@ def peer(pairs, batch_pairs, lr):
 
 
 def embedding(texts, batch_size=128):
-    """(Encoder path sentences/s, plain batched calls sentences/s)."""
+    """(Encoder path, plain batched model calls, sentence-transformers ``encode``): sentences/s each."""
     from executors.data.transforms import attach_transform
     from executors.models import ModelStore, build_model
     from executors.models.serving import VersionedEncoder
@@ -103,7 +104,16 @@ def embedding(texts, batch_size=128):
     with torch.no_grad():  # plain loop: tokenize a batch, call the model (model.encode-style)
         for i in range(0, len(texts), batch_size):
             model(tokenizer.batch(texts[i:i + batch_size]))
-    return encoder_rate, len(texts) / (time.perf_counter() - start)
+    plain_rate = len(texts) / (time.perf_counter() - start)
+    from sentence_transformers import SentenceTransformer
+
+    from executors.models.transformer import default_model_path
+
+    peer_model = SentenceTransformer(default_model_path(), device='cpu')
+    peer_model.max_seq_length = MAX_LENGTH
+    start = time.perf_counter()
+    peer_model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True)
+    return encoder_rate, plain_rate, len(texts) / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
@@ -111,6 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument('--pairs', type=int, default=7500, help='training pairs (7,500 = CLINC150 train, 1 epoch)')
     parser.add_argument('--batch-pairs', type=int, default=64)
     parser.add_argument('--lr', type=float, default=2e-4)
+    parser.add_argument('--rounds', type=int, default=2, help='alternating rounds (the pairs split among them)')
     parser.add_argument('--embed', type=int, default=2000, help='sentences for the embedding throughput')
     parser.add_argument('--out', type=Path, default=REPO / 'results' / 'bench_text.json')
     args = parser.parse_args(argv)
@@ -122,12 +133,26 @@ def main(argv=None) -> int:
     pairs = pairs_of(texts, labels, args.pairs)
     result = {'pairs': len(pairs), 'batch_pairs': args.batch_pairs, 'max_length': MAX_LENGTH, 'lr': args.lr,
               'threads': torch.get_num_threads()}
-    result['fit_sentences_per_s'] = ours(pairs, args.batch_pairs, args.lr)
-    result['peer_trainer_sentences_per_s'] = peer(pairs, args.batch_pairs, args.lr)
+    # rounds alternate which trainer goes first, so a change of machine load hits both alike
+    rates = {'ours': [], 'peer': []}
+    chunks = np.array_split(np.arange(len(pairs)), args.rounds)
+    for round_no, chunk in enumerate(chunks):
+        chunk_pairs = [pairs[i] for i in chunk]
+        order = ('ours', 'peer') if round_no % 2 == 0 else ('peer', 'ours')
+        for name in order:
+            rate = (ours if name == 'ours' else peer)(chunk_pairs, args.batch_pairs, args.lr)
+            rates[name].append(rate)
+            print(f'round {round_no + 1}/{args.rounds}: {name} {rate:.1f} sentences/s', flush=True)
+    # sentences/s over all rounds = total sentences / total seconds
+    total = 2 * len(pairs)
+    result['fit_sentences_per_s'] = total / sum(2 * len(c) / r for c, r in zip(chunks, rates['ours']))
+    result['peer_trainer_sentences_per_s'] = total / sum(2 * len(c) / r for c, r in zip(chunks, rates['peer']))
     result['fit_ratio'] = result['fit_sentences_per_s'] / result['peer_trainer_sentences_per_s']
-    encoder_rate, plain_rate = embedding(texts[:args.embed])
+    result['rounds'] = {name: [round(r, 2) for r in values] for name, values in rates.items()}
+    encoder_rate, plain_rate, peer_rate = embedding(texts[:args.embed])
     result.update(encoder_sentences_per_s=encoder_rate, plain_sentences_per_s=plain_rate,
-                  encoder_ratio=encoder_rate / plain_rate)
+                  encoder_ratio=encoder_rate / plain_rate, peer_encode_sentences_per_s=peer_rate,
+                  encoder_vs_peer_encode=encoder_rate / peer_rate)
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -91,28 +91,33 @@ class DocumentStore:
     def upsert(self, docs: Sequence[StoredDoc], embeddings: Optional[Dict[int, np.ndarray]] = None) -> np.ndarray:
         """Insert or replace docs (by id) and their ``{version: [N, D]}`` embeddings in one
         transaction; returns their row ids ``[N]``."""
-        records = [(doc.id, doc.label, doc.text, doc.uri, json.dumps(doc.tags), _tensor_to_bytes(doc.tensor))
-                   for doc in docs]
+        records = [(doc.id, doc.label, doc.text, doc.uri, json.dumps(doc.tags) if doc.tags else '{}',
+                    _tensor_to_bytes(doc.tensor)) for doc in docs]
+        ids = [doc.id for doc in docs]
         with self._lock:
             self._db.execute('BEGIN')
             try:
+                existing = set()
+                for start in range(0, len(ids), 900):
+                    chunk = ids[start:start + 900]
+                    existing.update(r for (r,) in self._db.execute(
+                        f'SELECT row FROM docs WHERE id IN ({",".join("?" * len(chunk))})', chunk))
                 self._db.executemany(
                     'INSERT INTO docs (id, label, text, uri, tags, tensor) VALUES (?, ?, ?, ?, ?, ?) '
                     'ON CONFLICT(id) DO UPDATE SET label=excluded.label, text=excluded.text, '
                     'uri=excluded.uri, tags=excluded.tags, tensor=excluded.tensor', records)
                 row_of = {}
-                ids = [doc.id for doc in docs]
                 for start in range(0, len(ids), 900):
                     chunk = ids[start:start + 900]
                     row_of.update(self._db.execute(
                         f'SELECT id, row FROM docs WHERE id IN ({",".join("?" * len(chunk))})', chunk).fetchall())
                 rows = [row_of[doc_id] for doc_id in ids]
-                # new content: embeddings of other versions no longer describe it
+                # replaced content: embeddings of other versions no longer describe it (new rows have none)
                 given = sorted(int(v) for v in (embeddings or {}))
                 self._db.executemany(
                     f'DELETE FROM embeddings WHERE row=? AND version NOT IN ({",".join("?" * len(given))})',
-                    [(int(r), *given) for r in rows])
-                self._db.executemany('DELETE FROM base_embeddings WHERE row=?', [(int(r),) for r in rows])
+                    [(int(r), *given) for r in rows if r in existing])
+                self._db.executemany('DELETE FROM base_embeddings WHERE row=?', [(int(r),) for r in rows if r in existing])
                 for version, vectors in (embeddings or {}).items():
                     self._put_embeddings(rows, version, vectors)
                 self._db.execute('COMMIT')

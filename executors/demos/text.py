@@ -35,6 +35,8 @@ FINE_TUNE = {'loss': 'MultipleNegativesRankingLoss', 'epochs': 1, 'batch_size': 
              'optimizer': 'adamw', 'weight_decay': 0.01, 'scheduler': 'linear', 'warmup_ratio': 0.1}
 HEADS = {'FeedForwardTuner': {'hidden_dim': 256, 'n_epochs': 20, 'learning_rate': 1e-3, 'batch_size': 64},
          'ContrastiveTuner': {'hidden_dim': 256, 'n_neg': 3, 'epochs': 20, 'learning_rate': 1e-3}}
+#: what a user sets on the text training flow's /fit (the rest are flows/text-train.yml's defaults)
+FLOW_FIT = {'loss': 'MultipleNegativesRankingLoss', 'epochs': 1}
 QUICK = {'intents': 12, 'train_per_intent': 20, 'test_per_intent': 6}
 
 
@@ -119,7 +121,7 @@ class _LossCurve:
         self.callback = Recorder()
 
 
-def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0) -> dict:
+def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0, through_flow: bool = True) -> dict:
     import torch
 
     from executors.models import ModelStore, build_model
@@ -173,6 +175,11 @@ def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0) -> d
     timings.setdefault('fine-tune (s)', tuned_config.get('seconds'))
     spaces['MiniLM fine-tuned (fit, MNRL, 1 epoch)'] = cached_embeddings('fine-tuned', tuned)
     losses = json.loads(curve_file.read_text())
+    if not quick and through_flow:
+        flow_model, flow_job = fit_through_flow(train_texts, train_labels, cache / 'flow')
+        timings['flow /fit (s)'] = flow_job.get('seconds')
+        spaces['MiniLM fine-tuned through the flow (/fit with loss + epochs only)'] = cached_embeddings(
+            'flow-fit', flow_model)
 
     base_test, base_train = spaces['pretrained MiniLM']
     for name, settings in HEADS.items():
@@ -195,6 +202,41 @@ def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0) -> d
               'seconds': round(time.monotonic() - started, 1), 'plot': str(plot_path)}
     (results_dir / ('text_quick.json' if quick else 'text.json')).write_text(json.dumps(result, indent=2))
     return result
+
+
+def fit_through_flow(texts: List[str], labels, workdir: Path, request_size: int = 500):
+    """``(model, job)``: the training flow ``flows/text-train.yml`` started in ``workdir`` (free ports),
+    the labelled sentences streamed to ``/train`` over gRPC (label from ``tags['intent']``), ``/fit``
+    with only ``loss`` and ``epochs`` set (every other setting is the flow's default), and the version
+    it published loaded from the flow's model store. Reuses a version already published in ``workdir``."""
+    from jina import Client
+
+    from executors.data.schema import Doc, DocList
+    from executors.demos.scenario import wait_for_fit
+    from executors.models import ModelStore
+    from executors.service.flow_process import FlowProcess
+
+    store_dir, name = workdir / 'workspace' / 'models', 'minilm-text'
+    done_file = workdir / 'fit_job.json'
+    if not done_file.is_file():
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        print(f'fine-tuning through {REPO / "flows/text-train.yml"}: /fit {FLOW_FIT}', flush=True)
+        with FlowProcess(REPO / 'flows/text-train.yml', workdir, free_ports=True) as flow:
+            client = Client(port=flow.ports['grpc'])
+            client.post('/train', DocList[Doc]([Doc(id=f'clinc-train-{i}', text=text, tags={'intent': str(label)})
+                                                for i, (text, label) in enumerate(zip(texts, labels))]),
+                        request_size=request_size)
+            tick = time.monotonic()
+            client.post('/fit', parameters=FLOW_FIT)
+            job = wait_for_fit(client, poll_seconds=5.0)
+            job['seconds'] = round(time.monotonic() - tick, 1)
+        done_file.write_text(json.dumps(job))
+    job = json.loads(done_file.read_text())
+    model, _ = ModelStore(store_dir).load(name, job['version'])
+    return model, job
 
 
 def plot_scenario(before: np.ndarray, after: np.ndarray, labels: np.ndarray, losses: List[float], path: Path,
@@ -238,6 +280,8 @@ def main(argv=None) -> int:
     parser.add_argument('--results', type=Path, default=REPO / 'results')
     parser.add_argument('--cache', type=Path, default=None, help='stage outputs (default results/text-cache[-quick])')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--no-flow', action='store_true',
+                        help='skip the fit through flows/text-train.yml (the full run does it; --quick never does)')
     parser.add_argument('--threads', type=int, default=None,
                         help="torch CPU threads (default torch's; 1 is faster on a machine busy with other work)")
     args = parser.parse_args(argv)
@@ -248,7 +292,7 @@ def main(argv=None) -> int:
     for name in ('JINA_OPTOUT_TELEMETRY', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'):
         os.environ.setdefault(name, '1')
     cache = args.cache or args.results / ('text-cache-quick' if args.quick else 'text-cache')
-    result = run(args.results, cache, quick=args.quick, seed=args.seed)
+    result = run(args.results, cache, quick=args.quick, seed=args.seed, through_flow=not args.no_flow)
     print('\n' + markdown_table(result))
     print(f"\nwrote {args.results / ('text_quick.json' if args.quick else 'text.json')} and {result['plot']} "
           f"in {result['seconds']} s")
