@@ -81,6 +81,9 @@ class Indexer(Executor):
                  model_name: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.limits = RequestLimits.from_config(limits)
+        if (store_dir is None) != (model_name is None):
+            raise InputError('store_dir, model_name: give both (the Encoder\'s model store and model name) for '
+                             'head-only swaps, or neither')
         runtime = getattr(self, 'runtime_args', None)
         shard_id = getattr(runtime, 'shard_id', None)
         if index_dir and shard_id is not None and int(getattr(runtime, 'shards', 1) or 1) > 1:
@@ -96,9 +99,6 @@ class Indexer(Executor):
             options = dict(follow_store)
             self.follower = ModelFollower(self.index, ModelStore(options.pop('store_dir', 'models')),
                                           options.pop('model_name', 'model'), **options)
-        if (store_dir is None) != (model_name is None):
-            raise InputError('store_dir, model_name: give both (the Encoder\'s model store and model name) for '
-                             'head-only swaps, or neither')
         self.model_store = ((self.follower.store, self.follower.model_name) if self.follower is not None else
                             None if store_dir is None else (ModelStore(store_dir), model_name))
 

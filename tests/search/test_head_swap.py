@@ -188,3 +188,11 @@ def test_a_head_whose_weights_do_not_fit_its_spec_is_an_input_error(setup):
     (path / 'model.json').write_text(config)
     with pytest.raises(InputError, match='head weights'):
         head_over_base(store, NAME, version)
+
+
+@pytest.mark.parametrize('settings', [{'store_dir': 'models'}, {'model_name': NAME}])
+def test_the_indexer_needs_both_store_settings_for_head_only_swaps(tmp_path, settings):
+    from executors.indexer.executor import Indexer
+
+    with pytest.raises(InputError, match='store_dir, model_name: give both'):
+        Indexer(index_dir=str(tmp_path / 'index'), **settings)
