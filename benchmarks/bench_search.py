@@ -221,6 +221,8 @@ def part_approximate(work, args):
         return float(np.mean([len(set(r) & set(t)) / LIMIT for r, t in zip(rows, truth)]))
     out = {}
     for factory, setting, values in (('HNSW32', 'efSearch', args.ef), ('IVF1024,Flat', 'nprobe', args.nprobe)):
+        if factory.split(',')[0] not in args.factories:
+            continue
         raw = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         build_s, _ = timed(lambda: (raw.train(vectors), raw.add(vectors)))
         yml = search_flow_yaml(work, factory.split(',')[0].lower(), dim=dim, model_name='bench128',
@@ -259,6 +261,7 @@ def main(argv=None):
     parser.add_argument('--spread', type=float, default=0.5, help='scale of the cluster centres in part 3 (unit noise)')
     parser.add_argument('--bulk-batch', type=int, default=1000, help='queries per call in part 3')
     parser.add_argument('--parts', default='flat,approximate', help='comma-separated: flat, approximate')
+    parser.add_argument('--factories', nargs='+', default=['HNSW32', 'IVF1024'], help='index types of part 3')
     parser.add_argument('--out', default=str(REPO / 'results' / 'bench_search.json'))
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix='bench-search-'))

@@ -32,9 +32,17 @@ class TooLargeError(InputError):
     http_status = 413
 
 
+class RetryableError(RuntimeError):
+    """Not the client's fault and not a lasting fault of the service: the request met a passing
+    state (e.g. a query embedded by a model version whose index generation was dropped after a
+    swap); sending it again works (HTTP 503)."""
+
+    http_status = 503
+
+
 def http_status_of(error_name: str) -> int:
     """The HTTP status for an exception class name as Jina reports it (500 if not a user error)."""
-    for kind in (InputError, NotFoundError, ConflictError, TooLargeError):
+    for kind in (InputError, NotFoundError, ConflictError, TooLargeError, RetryableError):
         if kind.__name__ == error_name:
             return kind.http_status
     return 500

@@ -382,3 +382,21 @@ class DocumentStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def ids_stored_at(path, ids: Sequence[str]) -> set:
+    """The ids among ``ids`` stored in the document store at ``path``, read through a read-only
+    connection (another process may be writing it; WAL lets both proceed). Empty if it does not exist."""
+    path = Path(path)
+    if not ids or not path.is_file():
+        return set()
+    db = sqlite3.connect(f'file:{path}?mode=ro', uri=True, check_same_thread=False)
+    try:
+        found = set()
+        for start in range(0, len(ids), 900):
+            chunk = list(ids[start:start + 900])
+            found.update(i for (i,) in db.execute(f'SELECT id FROM docs WHERE id IN ({",".join("?" * len(chunk))})',
+                                                  chunk))
+        return found
+    finally:
+        db.close()

@@ -1,6 +1,7 @@
 """Encoder: embeds decoded docs with the search flow's serving model version, through that
 version's own input transform (loaded from its ``model.json``), and stamps ``doc.model_version``."""
-from typing import Dict, Optional
+import threading
+from typing import Dict, List, Optional
 
 import numpy as np
 from docarray.typing import NdArray
@@ -11,7 +12,7 @@ from executors.errors import InputError
 from executors.models import ModelStore
 from executors.models.inference import doc_content
 from executors.models.serving import VersionedEncoder
-from executors.search.lifecycle import read_encoder_hint
+from executors.search.retirement import ReplicaRecorder
 from executors.search.serving_state import read_serving_state
 from executors.service.limits import RequestLimits
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
@@ -28,31 +29,78 @@ class Encoder(Executor):
     versions (the candidate's in ``candidate_embedding``) so the Indexer's next generation stays
     complete. Embeddings and version stamps sent by a client are overwritten, never used.
     ``limits``: see :class:`executors.service.limits.RequestLimits`.
+
+    With ``index_dir`` each replica also follows the index in the background (every
+    ``follow_interval`` seconds, so an idle replica switches too) and keeps its record in
+    ``<index_dir>/encoders/`` (versions it embeds with, query requests it stamped per version),
+    from which the Indexer knows when no query can need an old generation any more
+    (:mod:`executors.search.retirement`).
     """
 
     def __init__(self, store_dir: str = 'models', model_name: str = 'model', batch_size: int = 256,
-                 device: str = 'cpu', index_dir: Optional[str] = None, limits: Optional[Dict] = None, **kwargs):
+                 device: str = 'cpu', index_dir: Optional[str] = None, limits: Optional[Dict] = None,
+                 follow_interval: float = 0.25, **kwargs):
         super().__init__(**kwargs)
         self.encoder = VersionedEncoder(ModelStore(store_dir), model_name, batch_size=batch_size, device=device)
         self.index_dir = index_dir
         self.limits = RequestLimits.from_config(limits)
+        if not float(follow_interval) > 0:
+            raise InputError(f'follow_interval: expected seconds > 0, got {follow_interval!r}')
         self._followed = None
+        self._recorded = None
+        self._follow_lock = threading.RLock()
+        self.recorder = ReplicaRecorder(index_dir) if index_dir is not None else None
         self._follow_index()
+        self._stop = threading.Event()
+        self._watcher = None
+        if index_dir is not None:
+            self._watcher = threading.Thread(target=self._watch, args=(float(follow_interval),),
+                                             name='encoder-follows-index', daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        if self.recorder is not None:
+            self.recorder.remove()
+        super().close()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self._follow_index()
+            except Exception:  # noqa: BLE001 - e.g. a version being published; retried next time
+                self.logger.warning('following the index state failed; retrying')
 
     def _follow_index(self, force: bool = False) -> None:
         """Serve the index's versions if they changed since last seen (``force``: even if not,
-        e.g. to resume a swap that failed half-way)."""
+        e.g. to resume a swap that failed half-way), then record what this replica serves."""
         if self.index_dir is None:
             return
-        active, pending = read_serving_state(self.index_dir)
-        hint = read_encoder_hint(self.index_dir)
-        state = (active, pending, hint)
-        if (force or state != self._followed) and (active, pending) != (None, None):
-            if hint is not None and hint == pending:  # the pending generation is complete: embed with it alone
-                self.encoder.follow(pending, None)
-            else:
-                self.encoder.follow(active, pending)
-        self._followed = state
+        with self._follow_lock:
+            state = read_serving_state(self.index_dir)
+            if (force or state != self._followed) and state != (None, None):
+                self.encoder.follow(*state)
+            self._followed = state
+            self._record()
+
+    def _record(self, force: bool = False) -> None:
+        """Rewrite this replica's record when the versions it embeds with changed (``force``: also
+        when only counts did, e.g. after uncounting a failed request)."""
+        if self.recorder is None:
+            return
+        with self._follow_lock:
+            active, candidate, stamped = self.encoder.record()
+            if force or (active, candidate) != self._recorded:
+                self.recorder.write(active, candidate, stamped)
+                self._recorded = (active, candidate)
+
+    def _unstamp(self, versions: List[int]) -> None:
+        """A query request failed here: uncount its stamps (a failure inside ``embed`` uncounts
+        its own) and rewrite the record."""
+        self.encoder.unstamp(versions)
+        self._record(force=True)
 
     def _embed(self, endpoint: str, docs: DocList[Doc], parameters: Dict, both: bool = False) -> DocList[Doc]:
         validate_parameters(endpoint, parameters)
@@ -60,19 +108,27 @@ class Encoder(Executor):
         self.limits.check_docs(endpoint, docs)
         self._follow_index()
         contents = [doc_content(d) for d in docs]
-        if both:
-            vectors, version, candidate_vectors, candidate = self.encoder.embed_both(contents)
-        else:
-            (vectors, version), candidate_vectors, candidate = self.encoder.embed(contents), None, None
-        vectors = NdArray._docarray_from_native(vectors)
-        if candidate is not None:
-            candidate_vectors = NdArray._docarray_from_native(candidate_vectors)
-        mark_truncated(docs, contents, self.encoder.input_transform(version))
-        for i, doc in enumerate(docs):
-            assign(doc, embedding=vectors[i], model_version=version,
-                   candidate_embedding=None if candidate is None else candidate_vectors[i], candidate_version=candidate)
-            if not both:  # a query needs only its embedding from here on
-                assign(doc, tensor=None)
+        stamped = []
+        try:
+            if both:
+                vectors, version, candidate_vectors, candidate = self.encoder.embed_both(contents)
+            else:  # a query: counted under its version (see executors.search.retirement)
+                (vectors, version), candidate_vectors, candidate = self.encoder.embed(contents, stamp=True), None, None
+                stamped.append(version)
+            vectors = NdArray._docarray_from_native(vectors)
+            if candidate is not None:
+                candidate_vectors = NdArray._docarray_from_native(candidate_vectors)
+            mark_truncated(docs, contents, self.encoder.input_transform(version))
+            for i, doc in enumerate(docs):
+                assign(doc, embedding=vectors[i], model_version=version,
+                       candidate_embedding=None if candidate is None else candidate_vectors[i],
+                       candidate_version=candidate)
+                if not both:  # a query needs only its embedding from here on
+                    assign(doc, tensor=None)
+        except BaseException:
+            if not both:
+                self._unstamp(stamped)
+            raise
         return docs
 
     @requests(on='/index')
@@ -101,13 +157,19 @@ class Encoder(Executor):
         validate_parameters('/search/bulk', parameters)
         require_docs('/search/bulk', docs)
         self._follow_index()
-        for batch in docs:
-            if batch.tensor is None:
-                raise InputError('docs.tensor: a /search/bulk batch needs tensor [N, ...] with one query per row')
-            self.limits.check_count('/search/bulk', len(batch.tensor))
-            vectors, version = self.encoder.embed(list(np.asarray(batch.tensor)))
-            assign(batch, embedding=vectors, model_version=version, tensor=None,
-                   candidate_embedding=None, candidate_version=None)
+        stamped = []  # one per batch (the Indexer counts batches too)
+        try:
+            for batch in docs:
+                if batch.tensor is None:
+                    raise InputError('docs.tensor: a /search/bulk batch needs tensor [N, ...] with one query per row')
+                self.limits.check_count('/search/bulk', len(batch.tensor))
+                vectors, version = self.encoder.embed(list(np.asarray(batch.tensor)), stamp=True)
+                stamped.append(version)
+                assign(batch, embedding=vectors, model_version=version, tensor=None,
+                       candidate_embedding=None, candidate_version=None)
+        except BaseException:
+            self._unstamp(stamped)
+            raise
         return docs
 
     @requests(on='/search')
@@ -136,6 +198,7 @@ class Encoder(Executor):
         version = validate_parameters('/model/prepare', parameters).get('version')
         self._follow_index(force=True)
         prepared = self.encoder.prepare(version)
+        self._record()
         return report({'version': prepared, 'encoder': self.encoder.status()})
 
     @requests(on='/model/activate')
@@ -143,6 +206,7 @@ class Encoder(Executor):
         version = required_parameter('/model/activate', validate_parameters('/model/activate', parameters), 'version')
         self._follow_index()
         self.encoder.activate(version)
+        self._record()
         return report({'version': version, 'encoder': self.encoder.status()})
 
     @requests(on='/model/status')

@@ -1,20 +1,21 @@
 """Indexer: stores docs and their embeddings (SQLite + FAISS, one generation per model version)."""
 import resource
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 from jina import Executor, requests
 
-from executors.data.document_store import StoredDoc
+from executors.data.document_store import StoredDoc, ids_stored_at
 from executors.data.schema import Batch, Doc, DocList, Report, assign, doc_label, report
-from executors.errors import InputError, NotFoundError
-from executors.evaluation.metrics import label_relevance, retrieval_metrics
+from executors.errors import InputError
 from executors.models import ModelStore
 from executors.search.filters import compile_filter
 from executors.search.head_swap import fill_from_base
 from executors.search.lifecycle import ModelFollower
-from executors.search.shards import shard_of
+from executors.search.retirement import DEFAULT_TIMEOUT, QueryLedger, remove_dead_replicas
+from executors.search.shards import evaluation_part, evaluation_report, not_indexed, shard_of
 from executors.search.vector_index import SearchIndex
 from executors.service.limits import RequestLimits
 from executors.service.parameters import require_docs, required_parameter, validate_parameters
@@ -64,10 +65,14 @@ class Indexer(Executor):
     ``index_factory`` (FAISS ``index_factory`` string: ``Flat``, ``HNSW32``, ``IVF1024,Flat``,
     ``IVF1024,PQ32``, ...), ``metric`` (``cosine``, ``inner_product``, ``l2``), ``train_threshold``
     (vectors before IVF/PQ are trained; exact search until then), ``snapshot_interval`` (seconds
-    between background FAISS snapshots). With ``shards: N`` in the Flow (``polling: ALL``), each
-    shard keeps the docs whose ``shard_of(id, N)`` is its shard id. ``index_dir``: where the index
+    between background FAISS snapshots). With ``shards: N`` in the Flow (``polling`` ALL for every endpoint), each
+    shard keeps the docs whose ``shard_of(id, N)`` is its shard id (in ``<index_dir>/shard-<i>``)
+    and answers so that the :class:`~executors.shard_merger.ShardMerger` can merge the shards'
+    answers into the unsharded one (:mod:`executors.search.shards`). ``index_dir``: where the index
     lives (default ``<workspace>/index``; the Encoder follows the serving version recorded there);
-    ``limits``: see :class:`executors.service.limits.RequestLimits`.
+    ``limits``: see :class:`executors.service.limits.RequestLimits`. ``drop_timeout``: the longest an
+    old generation is kept after every Encoder replica switched away from it, for queries lost on
+    the way (:mod:`executors.search.retirement`: it is dropped as soon as no query can need it).
 
     Head-only swaps (:mod:`executors.search.head_swap`): with ``store_dir`` and ``model_name`` (the
     Encoder's) or ``follow_store``, ``/model/prepare`` of a version that only changes a head over a
@@ -77,36 +82,54 @@ class Indexer(Executor):
 
     def __init__(self, index_factory: str = 'Flat', metric: str = 'cosine', train_threshold: Optional[int] = None,
                  snapshot_interval: float = 60.0, index_dir: Optional[str] = None, limits: Optional[Dict] = None,
-                 follow_store: Optional[Dict] = None, store_dir: Optional[str] = None,
-                 model_name: Optional[str] = None, **kwargs):
+                 follow_store: Optional[Dict] = None, drop_timeout: float = DEFAULT_TIMEOUT,
+                 store_dir: Optional[str] = None, model_name: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.limits = RequestLimits.from_config(limits)
         if (store_dir is None) != (model_name is None):
             raise InputError('store_dir, model_name: give both (the Encoder\'s model store and model name) for '
                              'head-only swaps, or neither')
         runtime = getattr(self, 'runtime_args', None)
-        shard_id = getattr(runtime, 'shard_id', None)
-        if index_dir and shard_id is not None and int(getattr(runtime, 'shards', 1) or 1) > 1:
-            index_dir = str(Path(index_dir) / f'shard-{int(shard_id)}')
+        self.shards = int(getattr(runtime, 'shards', 1) or 1)
+        self.shard_id = int(getattr(runtime, 'shard_id', 0) or 0)
+        self.root_dir = Path(index_dir) if index_dir else None  # shared with the Encoder (and the other shards)
+        if index_dir and self.shards > 1:
+            index_dir = str(Path(index_dir) / f'shard-{self.shard_id}')
         self.index = SearchIndex(Path(index_dir) if index_dir else Path(self.workspace or 'workspace') / 'index',
                                  index_factory=index_factory,
                                  metric=metric, train_threshold=train_threshold, snapshot_interval=snapshot_interval)
-        runtime = getattr(self, 'runtime_args', None)
-        self.shards = int(getattr(runtime, 'shards', 1) or 1)
-        self.shard_id = int(getattr(runtime, 'shard_id', 0) or 0)
+        self.ledger = QueryLedger(self.root_dir, timeout=drop_timeout)
+        if self.root_dir is not None:
+            remove_dead_replicas(self.root_dir)  # records left by an earlier run's Encoders
         self.follower = None
         if follow_store:
             options = dict(follow_store)
             self.follower = ModelFollower(self.index, ModelStore(options.pop('store_dir', 'models')),
-                                          options.pop('model_name', 'model'), **options)
+                                          options.pop('model_name', 'model'), ledger=self.ledger, **options)
         self.model_store = ((self.follower.store, self.follower.model_name) if self.follower is not None else
                             None if store_dir is None else (ModelStore(store_dir), model_name))
+        self._stop = threading.Event()
+        self._retirer = threading.Thread(target=self._retire_loop, name='generation-retirer', daemon=True)
+        self._retirer.start()
 
     def close(self) -> None:
+        self._stop.set()
+        self._retirer.join(5)
         if self.follower is not None:
             self.follower.close()
         self.index.close()
         super().close()
+
+    def _retire_loop(self, interval: float = 0.05) -> None:
+        """Drop each retiring generation once no query can need it (see executors.search.retirement)."""
+        while not self._stop.wait(interval):
+            try:
+                for version, reason in self.ledger.due(list(self.index.retiring)).items():
+                    if self.index.drop(version):
+                        self.ledger.dropped(version, reason)
+                        self.logger.info(f'dropped index generation {version} ({reason})')
+            except Exception:  # noqa: BLE001 - e.g. a replica record being rewritten; retried next time
+                self.logger.warning('checking retiring generations failed; retrying')
 
     def _mine(self, ids: List[str]) -> np.ndarray:
         """Positions of the ids this shard owns (all of them when unsharded)."""
@@ -177,6 +200,12 @@ class Indexer(Executor):
 
     @requests(on='/search')
     def search(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
+        try:
+            return self._search(docs, parameters)
+        finally:  # answered or failed, it no longer needs its generation
+            self.ledger.finish({d.model_version for d in docs})
+
+    def _search(self, docs: DocList[Doc], parameters: Dict) -> DocList[Doc]:
         options, limit, fields, search_params = self._search_options('/search', parameters)
         require_docs('/search', docs)
         self.limits.check_count('/search', len(docs))
@@ -196,6 +225,12 @@ class Indexer(Executor):
     @requests(on='/search/bulk')
     def search_bulk(self, docs: DocList[Batch], parameters: Dict, **kwargs) -> DocList[Batch]:
         """Query columns in, matches as columns out (see :class:`Batch`): no document per query."""
+        try:
+            return self._search_bulk(docs, parameters)
+        finally:
+            self.ledger.finish([b.model_version for b in docs])
+
+    def _search_bulk(self, docs: DocList[Batch], parameters: Dict) -> DocList[Batch]:
         options, limit, fields, search_params = self._search_options('/search/bulk', parameters)
         require_docs('/search/bulk', docs)
         allowed = self._allowed_rows(options)
@@ -224,7 +259,7 @@ class Indexer(Executor):
         return self.index.store.rows_matching(condition, args)
 
     def _ids(self, endpoint: str, docs: DocList[Doc], options: Dict) -> List[str]:
-        """Doc ids from ``parameters.ids`` or, if absent, from the request's docs."""
+        """Doc ids from ``parameters.ids`` or, if absent, from the request's docs (each once, in order)."""
         ids = options.get('ids')
         if ids is None:
             ids = [d.id for d in docs]
@@ -233,13 +268,24 @@ class Indexer(Executor):
         if not all(isinstance(i, str) and i for i in ids):
             raise InputError(f'parameters.ids: expected a list of non-empty strings, got {ids[:5]!r}')
         self.limits.check_page('parameters.ids (count)', len(ids))
-        ids = list(dict.fromkeys(ids))
-        return [ids[int(i)] for i in self._mine(ids)]
+        return list(dict.fromkeys(ids))
+
+    def _stored_anywhere(self, ids: List[str]) -> set:
+        """The ids among ``ids`` stored in this index or, sharded, in the shard that owns them
+        (read from its store, read-only), so that every shard decides alike."""
+        found = set(self.index.store.rows_for_ids(ids))
+        if self.shards > 1 and self.root_dir is not None:
+            for shard in range(self.shards):
+                if shard != self.shard_id:
+                    owned = [i for i in ids if shard_of(i, self.shards) == shard]
+                    found |= ids_stored_at(self.root_dir / f'shard-{shard}' / 'docs.sqlite', owned)
+        return found
 
     @requests(on='/update')
     def update(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
         """Set label and/or tags of stored docs (a doc's ``label`` when given, its ``tags`` when
-        non-empty), keeping content and embeddings; every id must be stored."""
+        non-empty), keeping content and embeddings; every id must be stored (else nothing changes:
+        with shards every shard checks all ids, so all refuse alike)."""
         validate_parameters('/update', parameters)
         require_docs('/update', docs)
         self.limits.check_docs('/update', docs)
@@ -257,11 +303,11 @@ class Indexer(Executor):
             if not fields:
                 raise InputError(f'docs[{i}] (id {doc.id!r}): nothing to update; set label and/or tags')
             updates.append((doc.id, fields))
-        updates = [updates[int(i)] for i in self._mine([doc_id for doc_id, _ in updates])]
-        stored = self.index.store.rows_for_ids([doc_id for doc_id, _ in updates])
+        stored = self._stored_anywhere([doc_id for doc_id, _ in updates])
         unknown = [doc_id for doc_id, _ in updates if doc_id not in stored]
         if unknown:
-            raise NotFoundError(f'docs.id: {len(unknown)} id(s) not indexed: {unknown[:10]}; index them with /index')
+            raise not_indexed('docs.id', unknown, '; index them with /index')
+        updates = [updates[int(i)] for i in self._mine([doc_id for doc_id, _ in updates])]
         return report({'updated': self.index.store.update_fields(updates)})
 
     @requests(on='/delete')
@@ -276,12 +322,16 @@ class Indexer(Executor):
 
     @requests(on='/get')
     def get(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Doc]:
-        """The stored docs (id, label, text, uri, tags, tensor) in the order asked; every id must be stored."""
+        """The stored docs (id, label, text, uri, tags, tensor) in the order asked; every id must be
+        stored. Sharded: every asked id, a bare ``Doc(id)`` for the ones this shard does not hold
+        (the ShardMerger answers 404 for an id no shard holds)."""
         ids = self._ids('/get', docs, validate_parameters('/get', parameters))
         found = self.index.store.get_ids(ids)
+        if self.shards > 1:
+            return DocList[Doc]([_to_doc(found[i][1]) if i in found else Doc(id=i) for i in ids])
         unknown = [i for i in ids if i not in found]
         if unknown:
-            raise NotFoundError(f'parameters.ids: {len(unknown)} id(s) not indexed: {unknown[:10]}')
+            raise not_indexed('parameters.ids', unknown)
         return DocList[Doc]([_to_doc(found[i][1]) for i in ids])
 
     @requests(on='/count')
@@ -353,7 +403,14 @@ class Indexer(Executor):
     def evaluate(self, docs: DocList[Doc], parameters: Dict, **kwargs) -> DocList[Report]:
         """Retrieval metrics of the serving version on labelled queries against the stored docs:
         relevant = stored docs with the query's label; hit@k, precision@k, recall@k, mAP@k, NDCG@k
-        (``k`` default 10, optional ``filter``)."""
+        (``k`` default 10, optional ``filter``; see :func:`executors.search.shards.evaluation_report`).
+        Sharded: this shard's top-k and label counts, for the ShardMerger to merge."""
+        try:
+            return self._evaluate(docs, parameters)
+        finally:
+            self.ledger.finish({d.model_version for d in docs})
+
+    def _evaluate(self, docs: DocList[Doc], parameters: Dict) -> DocList[Report]:
         options = validate_parameters('/search/evaluate', parameters)
         require_docs('/search/evaluate', docs)
         self.limits.check_count('/search/evaluate', len(docs))
@@ -370,19 +427,15 @@ class Indexer(Executor):
         queries = np.stack([np.asarray(d.embedding, dtype=np.float32) for d in docs])
         allowed = self._allowed_rows(options)
         hits = self.index.search(queries, version, k, allowed_rows=allowed, fields=['label'])
-        labels = np.empty((len(docs), k), dtype=object)
-        for i, row in enumerate(hits.fields['label']):
-            labels[i, :len(row)] = row
-        relevance = label_relevance(np.asarray(query_labels, dtype=object), labels)
         if allowed is None:
             counts = self.index.store.label_counts()
         else:
             condition, args = compile_filter(options['filter'])
             counts = self.index.store.label_counts_where(condition, args)
-        num_relevant = np.asarray([counts.get(label, 0) for label in query_labels])
-        metrics = retrieval_metrics(relevance, num_relevant, k, metrics=['hit', 'precision', 'recall', 'mAP', 'NDCG'])
-        return report({'model_version': version, 'k': k, 'num_queries': len(docs),
-                       'num_queries_with_relevant': int((num_relevant > 0).sum()), 'metrics': metrics})
+        if self.shards > 1:
+            return report(evaluation_part(version, k, query_labels, hits.ids, hits.scores, hits.fields['label'],
+                                          counts))
+        return report(evaluation_report(version, k, query_labels, hits.fields['label'], counts))
 
     def _status(self, docs: DocList[Report], **extra) -> DocList[Report]:
         data = dict(docs[0].data) if len(docs) else {}
@@ -392,6 +445,9 @@ class Indexer(Executor):
                            'pending_version': pending, 'generations': sorted(self.index.generations),
                            'pending_missing': None if pending is None else self.index.missing_count(pending),
                            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        data['retirement'] = self.ledger.status(sorted(self.index.retiring))
+        if self.shards > 1:
+            data['indexer']['shard_id'] = self.shard_id
         if self.follower is not None:
             data['lifecycle'] = self.follower.status()
         return report(data)

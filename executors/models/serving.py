@@ -3,6 +3,11 @@
 A swap is ``prepare(v)`` (load v beside the active version), re-embedding the stored docs
 with v, then ``activate(v)``. Between the two, :meth:`VersionedEncoder.embed_both` embeds
 new documents with both versions so the next index generation stays complete.
+
+``embed(..., stamp=True)`` counts the request under the version that embeds it (``stamped``),
+choosing the version and counting under one lock, so :meth:`VersionedEncoder.record` taken after
+a switch holds the final count of every version no longer embedded with (the drop rule of
+:mod:`executors.search.retirement`).
 """
 import threading
 from typing import Any, Dict, List, Optional, Tuple
@@ -10,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from torch import nn
 
-from executors.models.inference import embed
 from executors.errors import InputError
+from executors.models.inference import embed
 from executors.models.store import ModelStore
 
 
@@ -24,6 +29,7 @@ class VersionedEncoder:
         self._models: Dict[int, nn.Module] = {}
         self.active_version: Optional[int] = None
         self.candidate_version: Optional[int] = None
+        self.stamped: Dict[int, int] = {}  # query requests embedded per version (embed(..., stamp=True))
 
     def _load(self, version: Optional[int]) -> int:
         resolved = self.store.resolve(self.model_name, version)
@@ -75,15 +81,35 @@ class VersionedEncoder:
             self._models.pop(old, None)
             return version
 
-    def embed(self, contents: List[Any], version: Optional[int] = None) -> Tuple[np.ndarray, int]:
-        """``(embeddings [N, D], version)`` with ``version`` (default: the active one)."""
+    def embed(self, contents: List[Any], version: Optional[int] = None, stamp: bool = False
+              ) -> Tuple[np.ndarray, int]:
+        """``(embeddings [N, D], version)`` with ``version`` (default: the active one); ``stamp``:
+        count one query request under that version (see :meth:`unstamp` when it fails)."""
         with self._lock:
             version = self.ensure_active() if version is None else version
             if version not in (self.active_version, self.candidate_version):
                 raise InputError(f'version: model version {version} is neither active ({self.active_version}) '
                                  f'nor prepared ({self.candidate_version})')
             model = self._models[version]
-        return embed(contents, model, batch_size=self.batch_size, device=self.device), version
+            if stamp:
+                self.stamped[version] = self.stamped.get(version, 0) + 1
+        try:
+            return embed(contents, model, batch_size=self.batch_size, device=self.device), version
+        except BaseException:
+            if stamp:
+                self.unstamp([version])
+            raise
+
+    def unstamp(self, versions: List[int]) -> None:
+        """Uncount stamped requests that never left the Encoder (they failed here)."""
+        with self._lock:
+            for version in versions:
+                self.stamped[version] = max(self.stamped.get(version, 0) - 1, 0)
+
+    def record(self) -> Tuple[Optional[int], Optional[int], Dict[int, int]]:
+        """``(active version, candidate version, stamped counts)`` at one instant."""
+        with self._lock:
+            return self.active_version, self.candidate_version, dict(self.stamped)
 
     def model(self, version: Optional[int] = None) -> nn.Module:
         """The loaded module of ``version`` (default: the active one); InputError if not loaded."""

@@ -2,7 +2,7 @@
 
 ``search_flow_yaml(out_dir, dim=384, shards=2, index_factory='HNSW32')`` writes a copy of the
 search flow whose Preprocessor decodes ``dim``-sized vectors, whose Encoder serves ``model_name``
-from ``store_dir`` and whose Indexer uses the given FAISS settings, sharded with ``polling: ALL``
+from ``store_dir`` and whose Indexer uses the given FAISS settings, sharded with ``polling`` ALL for every endpoint (``/index`` included)
 and the :class:`~executors.shard_merger.ShardMerger` after the shards when ``shards > 1``.
 """
 from pathlib import Path
@@ -11,7 +11,10 @@ from typing import Any, Dict, Optional
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SHARD_MERGER = 'jtype: ShardMerger\npy_modules: [executors.shard_merger]\n'
+# Jina's head sends /index to ONE shard (round robin) unless told otherwise, even with polling ALL; each
+# shard must see every request (it keeps the ids it owns), so every endpoint, /index included, is ALL
+SHARD_POLLING = '{"*": "ALL", "/index": "ALL"}'
+SHARD_MERGER = 'jtype: ShardMerger\npy_modules: [executors.shard_merger]\nwith: {{shards: {shards}}}\n'
 
 
 def search_flow_config(dim: int = 3, model_name: str = 'swiss-roll-mlp', store_dir: str = 'workspace/models',
@@ -27,7 +30,7 @@ def search_flow_config(dim: int = 3, model_name: str = 'swiss-roll-mlp', store_d
                                               'model_name': model_name}
     index.setdefault('uses_with', {}).update(indexer or {})
     if shards > 1:
-        index.update(shards=int(shards), polling='ALL', uses_after=SHARD_MERGER)
+        index.update(shards=int(shards), polling=SHARD_POLLING, uses_after=SHARD_MERGER.format(shards=int(shards)))
     return config
 
 

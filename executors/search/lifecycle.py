@@ -5,16 +5,20 @@
 version without a restart or any user command:
 
 1. ``prepare``: the index opens a generation for the new version and records it as pending
-   (``state.json``); every Encoder replica follows that file and from its next request embeds
-   new documents with both versions.
+   (``state.json``); every Encoder replica follows that file (within its ``follow_interval``) and
+   embeds new documents with both versions; the follower waits until every live replica's record
+   says it loaded the candidate (at most ``replica_timeout`` s), so documents indexed from now on
+   carry the new embedding.
 2. Re-embed: the stored documents the new generation lacks are embedded here with the new
    version (same :class:`VersionedEncoder` code as the Encoder) and added, in batches; progress
    (done / total, seconds left) is reported by :meth:`status`. A version that only changes a
    head over the frozen base of stored base embeddings gets the head applied to those instead
    (:func:`executors.search.head_swap.fill_from_base`; ``progress.head_swap`` counts the routes).
-3. Switch: ``encoder.json`` tells the Encoders to embed with the new version (queries are then
-   answered by the complete pending generation); after ``grace`` seconds, so that no query still
-   in flight needs the old generation, the index activates the new version and drops the old one.
+3. Switch: the index activates the new version (``state.json``); the Encoder replicas follow and
+   embed queries with it. The old generation retires: it answers the queries stamped with the old
+   version still on their way and is dropped once none can be (the Indexer's
+   :class:`~executors.search.retirement.QueryLedger`: every replica switched and the Indexer
+   finished as many old-stamped queries as the replicas stamped).
 
 The follower reacts to pointer *moves* (it remembers the last pointer it followed in
 ``lifecycle.json``), so a manual swap with ``executors.search.swap`` is left alone, and a flow
@@ -36,18 +40,10 @@ from executors.models.inference import doc_content, embed
 from executors.models.serving import VersionedEncoder
 from executors.models.store import ModelStore
 from executors.search.head_swap import fill_from_base
+from executors.search.retirement import QueryLedger, candidate_loaded
 from executors.search.vector_index import SearchIndex
 
 log = logging.getLogger(__name__)
-ENCODER_HINT = 'encoder.json'
-
-
-def read_encoder_hint(index_dir) -> Optional[int]:
-    """The version the Encoders should embed with ahead of the index's activation, if any."""
-    try:
-        return json.loads((Path(index_dir) / ENCODER_HINT).read_text()).get('active')
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _write_json(path: Path, data: Dict[str, Any]) -> None:
@@ -60,9 +56,11 @@ class ModelFollower:
     """Swaps ``index`` to the store's CURRENT version of ``model_name`` whenever the pointer moves."""
 
     def __init__(self, index: SearchIndex, store: ModelStore, model_name: str, poll_interval: float = 1.0,
-                 batch_size: int = 256, grace: float = 2.0, device: str = 'cpu'):
+                 batch_size: int = 256, device: str = 'cpu', ledger: Optional[QueryLedger] = None,
+                 replica_timeout: float = 60.0):
         self.index, self.store, self.model_name = index, store, model_name
-        self.poll_interval, self.batch_size, self.grace = float(poll_interval), int(batch_size), float(grace)
+        self.poll_interval, self.batch_size = float(poll_interval), int(batch_size)
+        self.ledger, self.replica_timeout = ledger, float(replica_timeout)
         self.encoder = VersionedEncoder(store, model_name, batch_size=batch_size, device=device)
         self._path = index.workspace / 'lifecycle.json'
         self._state = self._load()
@@ -153,9 +151,14 @@ class ModelFollower:
         old = index.active_version
         index.prepare(version)
         self.encoder.follow(version, None)
-        started = time.monotonic()
         self.progress = {'version': version, 'done': 0, 'total': index.count(), 'seconds_left': None,
-                         'stage': 're-embedding'}
+                         'stage': 'loading the new version in the Encoders'}
+        deadline = time.monotonic() + self.replica_timeout
+        while self.ledger is not None and not self._stop.is_set() and time.monotonic() < deadline \
+                and not candidate_loaded(self.ledger.replicas(), version):
+            time.sleep(0.05)
+        started = time.monotonic()
+        self.progress.update(stage='re-embedding')
         routes = fill_from_base(index, self.store, self.model_name, version, embed_base=self._base_embedder(version),
                                 batch_size=self.batch_size, progress=self.progress, stop=self._stop.is_set)
         self.progress['head_swap'] = routes
@@ -171,9 +174,7 @@ class ModelFollower:
             self.progress.update(done=done, total=done + left, seconds_left=round(left / rate, 1) if rate else None)
         if self._stop.is_set():
             return
-        self.progress.update(stage='switching encoders')
-        _write_json(index.workspace / ENCODER_HINT, {'active': version})
-        time.sleep(self.grace)  # queries embedded by the old version before the switch still find their generation
+        self.progress.update(stage='switching')
         for _ in range(10):  # docs indexed meanwhile with the old version only are re-embedded first
             for docs in iter(lambda: index.docs_missing_from(version, self.batch_size), []):
                 vectors, _ = self.encoder.embed([doc_content(d) for d in docs])
@@ -185,7 +186,6 @@ class ModelFollower:
                 continue
         else:
             raise RuntimeError(f'could not activate version {version}: documents kept arriving without it')
-        (index.workspace / ENCODER_HINT).unlink(missing_ok=True)
         served = [v for v in self._state.get('served', []) if v is not None]
         if old is not None and (not served or served[-1] != old):
             served.append(old)

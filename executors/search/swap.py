@@ -7,7 +7,9 @@ Steps (each a request to the running search flow)::
     /model/missing  {version}   Indexer returns stored docs that generation v lacks ...
     /model/reindex  {version}   ... the Encoder embeds them with v, the Indexer adds them to generation v
                                 (repeated until nothing is missing)
-    /model/activate {version}   Encoder embeds queries with v; Indexer serves v and drops the old generation
+    /model/activate {version}   Encoder embeds queries with v; Indexer serves v; the old generation answers
+                                the queries embedded before, and is dropped once none can still arrive
+                                (executors.search.retirement)
 
 Queries keep being answered throughout, each from the generation of the version that
 embedded it. Run ``python -m executors.search.swap --port 54620`` after a fit has published.

@@ -17,6 +17,11 @@
   a restarted Indexer serves what it served before; a pending generation is restored too
   (``/model/prepare`` of the same version resumes its swap).
 
+After :meth:`SearchIndex.activate` the old generation is *retiring*: in memory only, still answering
+queries embedded by its version (deletes and replacements still remove rows from it) until
+:meth:`SearchIndex.drop` (see :mod:`executors.search.retirement` for when). A query of a dropped
+version gets a :class:`RetryableError` (resend it).
+
 A query is answered only by the generation of the model version that embedded it; a
 version with no generation is an error, so neighbours never come from another model.
 Deleted and replaced vectors are tombstoned in FAISS and a generation with too many
@@ -34,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from executors.data.document_store import DocumentStore, StoredDoc
-from executors.errors import InputError
+from executors.errors import InputError, RetryableError
 from executors.search.faiss_index import FaissIndex, check_index_settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,8 @@ class SearchIndex:
         self._compacting: set = set()
         self.active_version: Optional[int] = None
         self.pending_version: Optional[int] = None  # the swap target being built
+        self.retiring: Dict[int, FaissIndex] = {}  # old generations still answering their in-flight queries
+        self.dropped: Dict[int, int] = {}  # dropped version -> the version serving when it was dropped
         if self._state_path.is_file():
             state = json.loads(self._state_path.read_text())
             self.active_version, self.pending_version = state.get('active_version'), state.get('pending_version')
@@ -242,6 +249,12 @@ class SearchIndex:
                 self.active_version = int(min(embeddings))
                 self._save_state()
             if self.active_version not in embeddings and set(embeddings) != {self.pending_version}:
+                old = sorted(set(embeddings) & (set(self.retiring) | set(self.dropped)))
+                if old:
+                    raise RetryableError(
+                        f'model_version: these docs were embedded by model version {old[0]}, which the index '
+                        f'stopped serving (it serves version {self.active_version} since a swap); resend the '
+                        'request: it will be embedded by the new version')
                 raise InputError(
                     f'model_version: docs were embedded by model version(s) {sorted(embeddings)} but the index '
                     f'serves version {self.active_version}; the Encoder and the Indexer disagree: finish the model '
@@ -266,7 +279,7 @@ class SearchIndex:
                 if generation is None:
                     generation = self.generations[version] = self._new_generation(vectors.shape[1])
                 generation.upsert(rows, vectors)
-            for version, generation in self.generations.items():
+            for version, generation in list(self.generations.items()) + list(self.retiring.items()):
                 if version not in keep:  # a replaced doc's old vector must not answer for its new content
                     generation.remove(rows)
             self._after_write(list(self.generations))
@@ -276,7 +289,7 @@ class SearchIndex:
         """Delete docs by id from the store and every generation at once; returns how many existed."""
         with self._lock:
             rows = self.store.delete(list(ids))
-            for generation in self.generations.values():
+            for generation in list(self.generations.values()) + list(self.retiring.values()):
                 generation.remove(rows)
             self._after_write(list(self.generations))
             return len(rows)
@@ -293,7 +306,7 @@ class SearchIndex:
         empty = Hits([[] for _ in range(len(queries))], [np.zeros(0, np.float32) for _ in range(len(queries))],
                      {name: [[] for _ in range(len(queries))] for name in fields})
         with self._lock:  # the active generation's path reads nothing from SQLite before FAISS
-            generation = self.generations.get(int(version))
+            generation = self.generations.get(int(version), self.retiring.get(int(version)))
             if allowed_rows is not None and len(allowed_rows) == 0:
                 return empty
             if generation is None and (self.active_version is None or int(version) in (self.active_version,
@@ -306,6 +319,11 @@ class SearchIndex:
                     f'({generation.size if generation else 0} of {self.store.count()} docs); '
                     'retry once the swap has finished'
                 )
+            if generation is None and int(version) in self.dropped:
+                raise RetryableError(
+                    f'model_version: the query was embedded by model version {version}, whose index generation '
+                    f'was dropped after the swap to version {self.dropped[int(version)]}; resend the query: it '
+                    'will be embedded by the serving version')
             if generation is None:
                 raise InputError(
                     f'model_version: no index generation for model version {version} '
@@ -336,6 +354,8 @@ class SearchIndex:
             if version == self.active_version:
                 raise InputError(f'version: {version} is already the active version')
             if version != self.pending_version:
+                if self.retiring.pop(version, None) is not None:  # built again from scratch
+                    self.dropped[version] = self.active_version
                 for stale in {self.pending_version, version} - {None}:
                     self.generations.pop(stale, None)
                     self.store.drop_embeddings(stale)
@@ -390,8 +410,10 @@ class SearchIndex:
         docs = self.store.get_rows(rows)
         return [docs[r] for r in rows if r in docs]
 
-    def activate(self, version: int) -> None:
-        """Serve ``version`` from now on and drop older generations; every stored doc must be in it."""
+    def activate(self, version: int) -> List[int]:
+        """Serve ``version`` from now on; every stored doc must be in it. The older generations
+        retire (they answer queries of their version until :meth:`drop`); their stored embeddings
+        and snapshots are deleted now. Returns the retiring versions."""
         with self._lock:
             version = int(version)
             if version != self.pending_version:
@@ -405,8 +427,10 @@ class SearchIndex:
             self.active_version = version
             self.pending_version = None
             self._save_state()
+            self.dropped.pop(version, None)
             for old in [v for v in self.generations if v != version]:
-                del self.generations[old]
+                self.retiring[old] = self.generations.pop(old)
+                self._dirty.discard(old)
             for old in self.store.embedding_versions():
                 if old != version:
                     self.store.drop_embeddings(old)
@@ -414,6 +438,16 @@ class SearchIndex:
                 if path.stem != str(version):
                     path.unlink(missing_ok=True)
             self._dirty.add(version)
+            return sorted(self.retiring)
+
+    def drop(self, version: int) -> bool:
+        """Drop the retiring generation of ``version`` (its queries now get a RetryableError);
+        returns whether there was one."""
+        with self._lock:
+            if self.retiring.pop(int(version), None) is None:
+                return False
+            self.dropped[int(version)] = self.active_version
+            return True
 
     def count(self) -> int:
         return self.store.count()

@@ -82,3 +82,55 @@ def test_bulk_matches_reads_padded_columns():
         assert np.isclose(got[0][1]['score'], 0.1) and np.isclose(got[1][0]['score'], 0.5)
     queries = list(bulk_batches(None, np.ones((5, 2)), batch_size=2))
     assert [len(b.tensor) for b in queries] == [2, 2, 1] and queries[0].ids == []
+
+
+def test_sharded_evaluation_get_and_delete_merge_to_the_unsharded_answer():
+    from executors.errors import NotFoundError
+    from executors.search.shards import evaluation_part, evaluation_report, merge_delete, merge_evaluation, merge_get
+
+    rng = np.random.default_rng(1)
+    ids = [f'd{i}' for i in range(60)]
+    labels = [str(i % 4) for i in range(60)]
+    sims = rng.normal(size=(5, 60))  # 5 queries x 60 docs
+    query_labels, k = ['0', '1', '2', '3', '9'], 6
+    owner = [shard_of(i, 2) for i in ids]
+    parts = []
+    for shard in (0, 1):
+        members = [i for i in range(60) if owner[i] == shard]
+        tops = [sorted(members, key=lambda j: -sims[q, j])[:k] for q in range(5)]
+        counts = {}
+        for j in members:
+            counts[labels[j]] = counts.get(labels[j], 0) + 1
+        parts.append(json.loads(json.dumps(evaluation_part(  # through JSON, as through the flow
+            1, k, query_labels, [[ids[j] for j in top] for top in tops],
+            [sims[q, top].astype(np.float32) for q, top in enumerate(tops)],
+            [[labels[j] for j in top] for top in tops], counts)))['shard_part'])
+    whole = evaluation_report(1, k, query_labels, [[labels[j] for j in np.argsort(-sims[q])[:k]] for q in range(5)],
+                              {label: 15 for label in '0123'})
+    assert merge_evaluation(parts) == whole and whole['num_queries_with_relevant'] == 4
+    # recall needs the relevant count of all shards (15 per label), not one shard's
+    hits = [sum(labels[j] == query_labels[q] for j in np.argsort(-sims[q])[:k]) for q in range(4)]
+    assert whole['metrics'][f'recall@{k}'] == pytest.approx(np.mean([h / 15 for h in hits]))
+
+    stored = {0: {'a': Doc(id='a', label='x')}, 1: {'b': Doc(id='b', tensor=np.ones(2))}}
+    answers = [[stored[s].get(i, Doc(id=i)) for i in ('b', 'a')] for s in (0, 1)]
+    assert [(d.id, d.label) for d in merge_get(answers)] == [('b', None), ('a', 'x')]
+    with pytest.raises(NotFoundError, match=r"parameters.ids: 1 id\(s\) not indexed: \['zz'\]"):
+        merge_get([[stored[s].get(i, Doc(id=i)) for i in ('a', 'zz')] for s in (0, 1)])
+    assert merge_delete([{'deleted': 1, 'not_found': ['b', 'x', 'y'], 'num_docs': 3},
+                         {'deleted': 1, 'not_found': ['a', 'y', 'x'], 'num_docs': 4}]) == \
+        {'deleted': 2, 'not_found': ['x', 'y'], 'num_docs': 7}
+
+
+def test_shard_merger_refuses_an_answer_missing_a_shard():
+    from executors.data.schema import Report, report
+    from executors.errors import RetryableError
+    from executors.shard_merger.executor import ShardMerger
+
+    merger = ShardMerger(shards=2)
+    one, two = report({'count': 3}), report({'count': 4})
+    assert merger.count(DocList[Report](), docs_matrix=[one, two])[0].data == {'count': 7}
+    with pytest.raises(RetryableError, match=r'only 1 of 2 index shards answered .*; resend the request'):
+        merger.count(DocList[Report](), docs_matrix=[one])
+    with pytest.raises(RetryableError):
+        merger.index(DocList[Doc](), docs_matrix=[DocList[Doc]([Doc(id='a')])])
