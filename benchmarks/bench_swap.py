@@ -3,7 +3,7 @@
 The index holds ``--docs`` CLINC150 train texts (15,000 = all) embedded by pretrained
 all-MiniLM-L6-v2 (max_length 64), version 1 of a model store. Swaps run in-process as a search flow
 that follows the store runs them: the store's pointer moves to the new version (a promotion) and
-the Indexer's :class:`executors.search.lifecycle.ModelFollower` swaps the index to it (grace 0);
+the Indexer's :class:`executors.search.lifecycle.ModelFollower` swaps the index to it;
 the time is from the pointer move until the index serves the new version:
 
 * (a) ``full``: pretrained MiniLM served -> a fine-tuned full transformer version (the pretrained
@@ -119,13 +119,13 @@ def main(argv=None) -> int:
     results = {'docs': num_docs, 'threads': torch.get_num_threads(), 'initial_index_seconds': index_seconds}
     print('(a) pretrained -> fine-tuned transformer (full re-embedding) ...', file=sys.stderr)
     index = served_index('a')
-    follower = ModelFollower(index, store, MODEL, poll_interval=0.01, batch_size=args.batch_size, grace=0.0)
+    follower = ModelFollower(index, store, MODEL, poll_interval=0.01, batch_size=args.batch_size)
     results['full_seconds'], results['full_routes'] = timed_swap(follower, store, v_full)
     follower.close()
     index.close()
     store.set_current(MODEL, v_pretrained)
     index = served_index('b')
-    follower = ModelFollower(index, store, MODEL, poll_interval=0.01, batch_size=args.batch_size, grace=0.0)
+    follower = ModelFollower(index, store, MODEL, poll_interval=0.01, batch_size=args.batch_size)
     print('(b0) pretrained -> MiniLM + head 1 ...', file=sys.stderr)
     results['seed_seconds'], results['seed_routes'] = timed_swap(follower, store, heads[0])
     print('(b) MiniLM + head 1 -> MiniLM + head 2 ...', file=sys.stderr)

@@ -51,7 +51,7 @@ def setup(tmp_path, monkeypatch):
     index = SearchIndex(tmp_path / 'index', snapshot_interval=3600)
     index.add([StoredDoc(id=f'd{i}', tensor=p) for i, p in enumerate(points)],
               {1: embed(list(points), store.load(NAME, 1)[0])})
-    follower = ModelFollower(index, store, NAME, poll_interval=3600, grace=0.0, batch_size=16)
+    follower = ModelFollower(index, store, NAME, poll_interval=3600, batch_size=16)
     yield store, index, follower, points
     follower.close()
     index.close()
