@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_miners.py
 	$(PYTHON) benchmarks/bench_media.py
 	PYTHONPATH=. $(PYTHON) benchmarks/bench_search.py
+	PYTHONPATH=. $(PYTHON) benchmarks/bench_swap.py
 	$(PYTHON) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PYTHON) benchmarks/bench_text.py
 

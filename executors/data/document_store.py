@@ -8,12 +8,18 @@ It is also the search index's source of truth for vectors: table ``embeddings`` 
 row's embedding per model version (raw float32 bytes) with an increasing sequence number
 ``seq``, written in the same transaction as the documents, so a FAISS generation is rebuilt
 after a crash from its last snapshot plus the embeddings with a larger ``seq``.
+
+Table ``base_embeddings`` holds, per row, the embedding of a frozen base model named by its
+fingerprint (``model.json``'s ``base_fingerprint``), with a CRC32 of the vector bytes; a swap to
+another head over that base re-embeds from these (:mod:`executors.search.head_swap`). They are
+deleted with their doc and when its content is replaced.
 """
 import functools
 import io
 import json
 import sqlite3
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -76,6 +82,10 @@ class DocumentStore:
             'version INTEGER NOT NULL, vector BLOB NOT NULL, UNIQUE(row, version))'
         )
         self._db.execute('CREATE INDEX IF NOT EXISTS embeddings_version ON embeddings (version, seq)')
+        self._db.execute(
+            'CREATE TABLE IF NOT EXISTS base_embeddings (row INTEGER NOT NULL, fingerprint TEXT NOT NULL, '
+            'vector BLOB NOT NULL, crc INTEGER NOT NULL, PRIMARY KEY (fingerprint, row))'
+        )
         self._lock = threading.Lock()
 
     def upsert(self, docs: Sequence[StoredDoc], embeddings: Optional[Dict[int, np.ndarray]] = None) -> np.ndarray:
@@ -107,6 +117,7 @@ class DocumentStore:
                 self._db.executemany(
                     f'DELETE FROM embeddings WHERE row=? AND version NOT IN ({",".join("?" * len(given))})',
                     [(int(r), *given) for r in rows if r in existing])
+                self._db.executemany('DELETE FROM base_embeddings WHERE row=?', [(int(r),) for r in rows if r in existing])
                 for version, vectors in (embeddings or {}).items():
                     self._put_embeddings(rows, version, vectors)
                 self._db.execute('COMMIT')
@@ -145,6 +156,73 @@ class DocumentStore:
         vectors = np.frombuffer(b''.join(v for _, _, v in result), dtype=np.float32).reshape(len(result), -1)
         return rows, vectors, int(result[-1][0])
 
+    def put_base_embeddings(self, rows: Sequence[int], fingerprint: str, vectors: np.ndarray) -> None:
+        """Store ``vectors [N, D]`` as the base embeddings of ``rows`` under a base ``fingerprint``
+        (rows deleted meanwhile are skipped)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        records = [(int(r), str(fingerprint), v.tobytes(), zlib.crc32(v.tobytes())) for r, v in zip(rows, vectors)]
+        with self._lock:
+            self._db.execute('BEGIN')
+            try:
+                self._db.executemany('INSERT OR REPLACE INTO base_embeddings (row, fingerprint, vector, crc) '
+                                     'SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM docs WHERE row=?)',
+                                     [(*record, record[0]) for record in records])
+                self._db.execute('COMMIT')
+            except Exception:
+                self._db.execute('ROLLBACK')
+                raise
+
+    def base_embeddings(self, fingerprint: str, rows: Sequence[int], dim: int
+                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(found rows [n], vectors [n, dim], bad rows [m])``: the stored base embeddings of ``rows``
+        under ``fingerprint``. A vector whose CRC32 or length does not match, or that is not finite,
+        is returned in ``bad`` (never as a vector); rows without one are in neither."""
+        found, vectors, bad = [], [], []
+        with self._lock:
+            for start in range(0, len(rows), 900):
+                chunk = tuple(int(r) for r in rows[start:start + 900])
+                result = self._db.execute(
+                    f'SELECT row, vector, crc FROM base_embeddings WHERE fingerprint=? AND row IN '
+                    f'({",".join("?" * len(chunk))})', (str(fingerprint), *chunk)).fetchall()
+                for row, blob, crc in result:
+                    vector = np.frombuffer(blob, dtype=np.float32) if len(blob) == 4 * dim else None
+                    if vector is None or zlib.crc32(blob) != crc or not np.isfinite(vector).all():
+                        bad.append(row)
+                    else:
+                        found.append(row)
+                        vectors.append(vector)
+        order = np.argsort(found, kind='stable')
+        stacked = np.stack(vectors)[order] if vectors else np.zeros((0, dim), np.float32)
+        return (np.asarray(found, dtype=np.int64)[order], stacked, np.asarray(sorted(bad), dtype=np.int64))
+
+    def base_rows(self, fingerprint: str, among: Optional[Sequence[int]] = None) -> np.ndarray:
+        """Rows holding a base embedding under ``fingerprint`` (only those ``among`` the given rows), ascending."""
+        with self._lock:
+            if among is None:
+                found = [r for (r,) in self._db.execute('SELECT row FROM base_embeddings WHERE fingerprint=?',
+                                                        (str(fingerprint),))]
+            else:
+                found = []
+                for start in range(0, len(among), 900):
+                    chunk = tuple(int(r) for r in among[start:start + 900])
+                    found += [r for (r,) in self._db.execute(
+                        f'SELECT row FROM base_embeddings WHERE fingerprint=? AND row IN ({",".join("?" * len(chunk))})',
+                        (str(fingerprint), *chunk))]
+        return np.asarray(sorted(found), dtype=np.int64)
+
+    def base_fingerprints(self) -> List[str]:
+        with self._lock:
+            return [f for (f,) in self._db.execute('SELECT DISTINCT fingerprint FROM base_embeddings ORDER BY 1')]
+
+    def drop_base_embeddings(self, fingerprint: str, rows: Optional[Sequence[int]] = None) -> None:
+        """Forget the base embeddings under ``fingerprint`` (only of ``rows`` when given)."""
+        with self._lock:
+            if rows is None:
+                self._db.execute('DELETE FROM base_embeddings WHERE fingerprint=?', (str(fingerprint),))
+            else:
+                self._db.executemany('DELETE FROM base_embeddings WHERE fingerprint=? AND row=?',
+                                     [(str(fingerprint), int(r)) for r in rows])
+
     def embedding_rows(self, version: int) -> np.ndarray:
         """Rows that hold an embedding of ``version``."""
         with self._lock:
@@ -180,6 +258,8 @@ class DocumentStore:
                 for start in range(0, len(rows), 500):
                     chunk = tuple(rows[start:start + 500])
                     self._db.execute(f'DELETE FROM embeddings WHERE row IN ({",".join("?" * len(chunk))})', chunk)
+                    self._db.execute(f'DELETE FROM base_embeddings WHERE row IN ({",".join("?" * len(chunk))})',
+                                     chunk)
                 self._db.execute('COMMIT')
             except Exception:
                 self._db.execute('ROLLBACK')
@@ -231,6 +311,16 @@ class DocumentStore:
         marks = ','.join('?' * len(ids))
         with self._lock:
             return dict(self._db.execute(f'SELECT id, row FROM docs WHERE id IN ({marks})', tuple(ids)).fetchall())
+
+    def existing_rows(self, rows: Sequence[int]) -> np.ndarray:
+        """The ones among ``rows`` that are stored, ascending."""
+        found = []
+        with self._lock:
+            for start in range(0, len(rows), 900):
+                chunk = tuple(int(r) for r in rows[start:start + 900])
+                found += [r for (r,) in self._db.execute(
+                    f'SELECT row FROM docs WHERE row IN ({",".join("?" * len(chunk))})', chunk)]
+        return np.asarray(sorted(found), dtype=np.int64)
 
     def all_rows(self) -> np.ndarray:
         with self._lock:

@@ -12,6 +12,7 @@ from executors.data.schema import Batch, Doc, DocList, Report, assign, doc_label
 from executors.errors import InputError
 from executors.models import ModelStore
 from executors.search.filters import compile_filter
+from executors.search.head_swap import fill_from_base
 from executors.search.lifecycle import ModelFollower
 from executors.search.retirement import DEFAULT_TIMEOUT, QueryLedger, remove_dead_replicas
 from executors.search.shards import evaluation_part, evaluation_report, not_indexed, shard_of
@@ -72,13 +73,22 @@ class Indexer(Executor):
     ``limits``: see :class:`executors.service.limits.RequestLimits`. ``drop_timeout``: the longest an
     old generation is kept after every Encoder replica switched away from it, for queries lost on
     the way (:mod:`executors.search.retirement`: it is dropped as soon as no query can need it).
+
+    Head-only swaps (:mod:`executors.search.head_swap`): with ``store_dir`` and ``model_name`` (the
+    Encoder's) or ``follow_store``, ``/model/prepare`` of a version that only changes a head over a
+    frozen base whose embeddings are stored fills the new generation itself by applying the head to
+    them (its report says ``head_swap``: how many); ``/model/missing`` then lists only the rest.
     """
 
     def __init__(self, index_factory: str = 'Flat', metric: str = 'cosine', train_threshold: Optional[int] = None,
                  snapshot_interval: float = 60.0, index_dir: Optional[str] = None, limits: Optional[Dict] = None,
-                 follow_store: Optional[Dict] = None, drop_timeout: float = DEFAULT_TIMEOUT, **kwargs):
+                 follow_store: Optional[Dict] = None, drop_timeout: float = DEFAULT_TIMEOUT,
+                 store_dir: Optional[str] = None, model_name: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.limits = RequestLimits.from_config(limits)
+        if (store_dir is None) != (model_name is None):
+            raise InputError('store_dir, model_name: give both (the Encoder\'s model store and model name) for '
+                             'head-only swaps, or neither')
         runtime = getattr(self, 'runtime_args', None)
         self.shards = int(getattr(runtime, 'shards', 1) or 1)
         self.shard_id = int(getattr(runtime, 'shard_id', 0) or 0)
@@ -94,9 +104,10 @@ class Indexer(Executor):
         self.follower = None
         if follow_store:
             options = dict(follow_store)
-            store = ModelStore(options.pop('store_dir', 'models'))
-            model_name = options.pop('model_name', 'model')
-            self.follower = ModelFollower(self.index, store, model_name, ledger=self.ledger, **options)
+            self.follower = ModelFollower(self.index, ModelStore(options.pop('store_dir', 'models')),
+                                          options.pop('model_name', 'model'), ledger=self.ledger, **options)
+        self.model_store = ((self.follower.store, self.follower.model_name) if self.follower is not None else
+                            None if store_dir is None else (ModelStore(store_dir), model_name))
         self._stop = threading.Event()
         self._retirer = threading.Thread(target=self._retire_loop, name='generation-retirer', daemon=True)
         self._retirer.start()
@@ -334,7 +345,10 @@ class Indexer(Executor):
         validate_parameters('/model/prepare', parameters)
         version = _version_from(docs, parameters, '/model/prepare')
         self.index.prepare(version)
-        return self._status(docs, version=version)
+        if self.model_store is None:
+            return self._status(docs, version=version)
+        store, model_name = self.model_store
+        return self._status(docs, version=version, head_swap=fill_from_base(self.index, store, model_name, version))
 
     @requests(on='/model/missing')
     def missing(self, parameters: Dict, **kwargs) -> DocList[Doc]:

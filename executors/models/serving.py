@@ -111,6 +111,15 @@ class VersionedEncoder:
         with self._lock:
             return self.active_version, self.candidate_version, dict(self.stamped)
 
+    def model(self, version: Optional[int] = None) -> nn.Module:
+        """The loaded module of ``version`` (default: the active one); InputError if not loaded."""
+        with self._lock:
+            version = self.active_version if version is None else version
+            if version not in self._models:
+                raise InputError(f'version: model version {version} is not loaded (active {self.active_version}, '
+                                 f'prepared {self.candidate_version})')
+            return self._models[version]
+
     def input_transform(self, version: Optional[int] = None):
         """The input transform of a loaded version (default: the active one), or None."""
         from executors.data.transforms import transform_of

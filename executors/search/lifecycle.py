@@ -11,7 +11,9 @@ version without a restart or any user command:
    carry the new embedding.
 2. Re-embed: the stored documents the new generation lacks are embedded here with the new
    version (same :class:`VersionedEncoder` code as the Encoder) and added, in batches; progress
-   (done / total, seconds left) is reported by :meth:`status`.
+   (done / total, seconds left) is reported by :meth:`status`. A version that only changes a
+   head over the frozen base of stored base embeddings gets the head applied to those instead
+   (:func:`executors.search.head_swap.fill_from_base`; ``progress.head_swap`` counts the routes).
 3. Switch: the index activates the new version (``state.json``); the Encoder replicas follow and
    embed queries with it. The old generation retires: it answers the queries stamped with the old
    version still on their way and is dropped once none can be (the Indexer's
@@ -32,9 +34,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from executors.errors import InputError
-from executors.models.inference import doc_content
+from executors.data.transforms import transform_of
+from executors.models.heads import WithHead
+from executors.models.inference import doc_content, embed
 from executors.models.serving import VersionedEncoder
 from executors.models.store import ModelStore
+from executors.search.head_swap import fill_from_base
 from executors.search.retirement import QueryLedger, candidate_loaded
 from executors.search.vector_index import SearchIndex
 
@@ -131,6 +136,15 @@ class ModelFollower:
         self._state['followed'] = target
         self._save()
 
+    def _base_embedder(self, version: int):
+        """``contents -> [N, D_base]`` with the frozen base of ``version`` if it is base + head, else None."""
+        model = self.encoder.model(version)
+        if not isinstance(model, WithHead):
+            return None
+        transform = transform_of(model)
+        return lambda contents: embed(contents, model.base, batch_size=self.batch_size, device=self.encoder.device,
+                                      collate_fn=None if transform is None else transform.batch)
+
     def swap(self, version: int) -> None:
         """Re-embed the stored docs with ``version`` and make it the served version (steps 1-3)."""
         index = self.index
@@ -143,8 +157,12 @@ class ModelFollower:
         while self.ledger is not None and not self._stop.is_set() and time.monotonic() < deadline \
                 and not candidate_loaded(self.ledger.replicas(), version):
             time.sleep(0.05)
-        started, done = time.monotonic(), 0
+        started = time.monotonic()
         self.progress.update(stage='re-embedding')
+        routes = fill_from_base(index, self.store, self.model_name, version, embed_base=self._base_embedder(version),
+                                batch_size=self.batch_size, progress=self.progress, stop=self._stop.is_set)
+        self.progress['head_swap'] = routes
+        done = routes['head_only'] + routes['base_embedded']
         while not self._stop.is_set():
             docs = index.docs_missing_from(version, self.batch_size)
             if not docs:

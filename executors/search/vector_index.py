@@ -368,14 +368,21 @@ class SearchIndex:
         one, or the active one to repair docs it lacks); returns how many were stored (ids
         deleted meanwhile are skipped)."""
         with self._lock:
-            if int(version) not in (self.pending_version, self.active_version):
-                raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             row_of = self.store.rows_for_ids(list(ids))
             keep = [i for i, doc_id in enumerate(ids) if doc_id in row_of]
             rows = np.asarray([row_of[ids[i]] for i in keep], dtype=np.int64)
-            embeddings = np.asarray(embeddings, dtype=np.float32)[keep]
+            return self.reindex_rows(rows, np.asarray(embeddings, dtype=np.float32)[keep], version)
+
+    def reindex_rows(self, rows: np.ndarray, embeddings: np.ndarray, version: int) -> int:
+        """:meth:`reindex` by store rows (rows deleted meanwhile are skipped)."""
+        with self._lock:
+            if int(version) not in (self.pending_version, self.active_version):
+                raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
+            rows = np.asarray(rows, dtype=np.int64)
+            stored = np.isin(rows, self.store.existing_rows(rows))
+            rows, embeddings = rows[stored], np.asarray(embeddings, dtype=np.float32)[stored]
             generation = self.generations.get(int(version))
-            if generation is None:
+            if generation is None and len(rows):
                 generation = self._new_generation(embeddings.shape[1])
             if len(rows):
                 generation.upsert(rows, embeddings)  # validates before anything is stored
