@@ -11,8 +11,8 @@ import pytest
 from jina import Client, Executor
 
 import executors
-from executors.service.flow_process import free_port
 from executors.data.schema import Doc, DocList, Report
+from executors.service.flow_process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {'label_assigner': 'LabelAssigner', 'preprocessor': 'Preprocessor', 'finetuner_trainer': 'FinetunerTrainer',

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from executors.errors import InputError
 from executors.data.schema import tag_text
 from executors.data.specs import build_from_spec
+from executors.errors import InputError
 
 LABEL_FIELDS = ('tags', 'uri', 'tensor', 'text')
 """Document fields a rule reads; ``assign_labels`` passes these keys of each document dict."""

@@ -76,12 +76,12 @@ def run(results_dir: Path, workdir: Path) -> dict:
     from jina import Client
     from sklearn.datasets import make_swiss_roll
 
-    from executors.service.flow_process import FlowProcess
     from executors.data.labels import assign_labels, build_rule
-    from executors.evaluation.metrics import nearest_neighbours
     from executors.data.schema import Doc, DocList, Report
+    from executors.evaluation.metrics import nearest_neighbours
     from executors.search.results import matches
     from executors.search.swap import hot_swap, wait_until_serving
+    from executors.service.flow_process import FlowProcess
 
     started = time.monotonic()
     points, _ = make_swiss_roll(1500, noise=0.05, random_state=0)

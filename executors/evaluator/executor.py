@@ -4,11 +4,11 @@ from typing import Dict
 import numpy as np
 from jina import Executor, requests
 
-from executors.errors import InputError, positive_int
-from executors.evaluation.tables import comparison_table
-from executors.evaluation.metrics import evaluate_embeddings
-from executors.service.parameters import require_docs, validate_parameters
 from executors.data.schema import Doc, DocList, Report, report
+from executors.errors import InputError, positive_int
+from executors.evaluation.metrics import evaluate_embeddings
+from executors.evaluation.tables import comparison_table
+from executors.service.parameters import require_docs, validate_parameters
 
 
 class Evaluator(Executor):

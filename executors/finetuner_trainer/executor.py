@@ -4,12 +4,12 @@ from typing import Dict, Optional
 
 from jina import Executor, requests
 
-from executors.models.inference import doc_content
-from executors.errors import InputError
 from executors.data.document_store import StoredDoc
-from executors.models import ModelStore
-from executors.service.parameters import require_docs, validate_parameters
 from executors.data.schema import Doc, DocList, Report, report
+from executors.errors import InputError
+from executors.models import ModelStore
+from executors.models.inference import doc_content
+from executors.service.parameters import require_docs, validate_parameters
 from executors.tuner.service import TrainingService
 
 

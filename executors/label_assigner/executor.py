@@ -6,8 +6,8 @@ from typing import Dict, Optional
 from jina import Executor, requests
 
 from executors.data.labels import NumericBinsRule, assign_labels, build_rule
-from executors.service.parameters import require_docs, validate_parameters
 from executors.data.schema import Doc, DocList, doc_label
+from executors.service.parameters import require_docs, validate_parameters
 
 DEFAULT_RULE = {'rule': 'tag', 'tag': 'finetuner_label'}
 

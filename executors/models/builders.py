@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from executors.errors import InputError
-from executors.models import (  # noqa: F401  (the families register their builders)
-    efficientnet, heads, mlp, point_cloud, torchvision_models, transformer)
+from executors.models import efficientnet, heads, mlp, point_cloud, torchvision_models, transformer  # noqa: F401  (the families register their builders)
 from executors.models.registry import MODEL_BUILDERS, SPEC_ATTRIBUTE, register_builder
 
 IMPORT_BUILDER = 'import'

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from executors.errors import InputError
 from executors.data.transforms import transform_of
+from executors.errors import InputError
 from executors.models.heads import WithHead
 from executors.models.inference import doc_content, embed
 from executors.models.serving import VersionedEncoder

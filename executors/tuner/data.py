@@ -25,9 +25,9 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 from docarray import BaseDoc
 
-from executors.models.inference import default_collate, doc_content
-from executors.errors import InputError
 from executors.data.schema import LEGACY_LABEL_TAG, doc_label
+from executors.errors import InputError
+from executors.models.inference import default_collate, doc_content
 
 CLASS, SESSION, INSTANCE = 'class', 'session', 'instance'
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from executors.data.transforms import TransformCollate, transform_of
-from executors.models.inference import to_device
 from executors.errors import InputError, positive_int
+from executors.models.inference import to_device
 from executors.tuner import distributed as dist_utils
 from executors.tuner.callbacks import Callback, ProgressBar
 from executors.tuner.data import CLASS, LabeledItems, align_labels, make_batch, to_labeled_items

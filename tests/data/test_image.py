@@ -4,8 +4,16 @@ import torch
 from PIL import Image
 
 from executors.data.decoding import build_decoder
-from executors.data.image import (IMAGENET_MEAN, IMAGENET_STD, ImageDecoder, ImageTransform, augment_image, load_image,
-                                  preprocess_image, resize_and_crop)
+from executors.data.image import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDecoder,
+    ImageTransform,
+    augment_image,
+    load_image,
+    preprocess_image,
+    resize_and_crop,
+)
 from executors.data.transforms import build_transform
 from executors.errors import InputError
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_swiss_roll
 
-from executors.errors import InputError
 from executors.data.labels import (
     NumericBinsRule,
     PairByFileNameRule,
@@ -14,6 +13,7 @@ from executors.data.labels import (
     assign_labels,
     build_rule,
 )
+from executors.errors import InputError
 
 
 def test_swiss_roll_height_cut_into_five_equal_width_bins():

@@ -4,8 +4,14 @@ import torch
 import trimesh
 
 from executors.data.decoding import build_decoder
-from executors.data.mesh import (MeshDecoder, MeshTransform, augment_point_cloud, load_mesh, normalize_point_cloud,
-                                 sample_point_cloud)
+from executors.data.mesh import (
+    MeshDecoder,
+    MeshTransform,
+    augment_point_cloud,
+    load_mesh,
+    normalize_point_cloud,
+    sample_point_cloud,
+)
 from executors.data.transforms import build_transform
 from executors.errors import InputError
 

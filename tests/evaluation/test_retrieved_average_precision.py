@@ -3,8 +3,12 @@ import numpy as np
 import pytest
 
 from executors.errors import InputError
-from executors.evaluation.metrics import (average_precision_at_k, evaluate_embeddings, retrieval_metrics,
-                                          retrieved_average_precision_at_k)
+from executors.evaluation.metrics import (
+    average_precision_at_k,
+    evaluate_embeddings,
+    retrieval_metrics,
+    retrieved_average_precision_at_k,
+)
 
 
 def test_hand_computed_values():

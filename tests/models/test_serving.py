@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from executors.models.inference import embed
 from executors.errors import InputError
 from executors.models import ModelStore, build_model
+from executors.models.inference import embed
 from executors.models.serving import VersionedEncoder
 
 MLP = {'builder': 'mlp', 'kwargs': {'layer_sizes': [3, 5]}}

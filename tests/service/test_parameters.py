@@ -1,9 +1,9 @@
 import pytest
 
+from executors.data.schema import Doc, doc_label
 from executors.errors import InputError
 from executors.evaluation.tables import comparison_table, match_relevance
 from executors.service.parameters import require_docs, validate_parameters
-from executors.data.schema import Doc, doc_label
 
 
 def test_grpc_floats_become_ints_and_jina_keys_are_dropped():

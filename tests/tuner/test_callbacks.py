@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from executors.models.inference import embed
 from executors.errors import InputError
 from executors.evaluation.metrics import evaluate_embeddings
 from executors.models import serialization
+from executors.models.inference import embed
 from executors.tuner.callbacks import (
     BestModelCheckpoint,
     Callback,

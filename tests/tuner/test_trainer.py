@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from executors.models.inference import embed
+from executors.data.schema import Doc, Match
 from executors.errors import InputError
 from executors.evaluation.metrics import evaluate_embeddings
-from executors.data.schema import Doc, Match
+from executors.models.inference import embed
 from executors.tuner.callbacks import Callback
 from executors.tuner.losses import SiameseLoss, TripletLoss
 from executors.tuner.miners import TripletEasyHardMiner
