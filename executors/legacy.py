@@ -36,10 +36,10 @@ REFUSED_FIT_ARGUMENTS = {
 }
 
 
-def check_fit_arguments(model, positional: tuple, legacy: dict):
+def check_fit_arguments(model, positional: tuple, legacy: dict, known: tuple = ()):
     """``model`` (taking the old ``embed_model=`` keyword) after refusing old-only arguments of ``fit``.
 
-    ``positional``: arguments after ``eval_data``. The old ``fit`` forwarded them to both the Tailor and
+    ``positional``: arguments after ``eval_data``; ``known``: fit's argument names, suggested for a typo. The old ``fit`` forwarded them to both the Tailor and
     the Tuner, whose orders differed, so they are refused: pass them by keyword.
     """
     if positional:
@@ -56,13 +56,9 @@ def check_fit_arguments(model, positional: tuple, legacy: dict):
                              f'write {REFUSED_FIT_ARGUMENTS[name]}')
     if legacy:  # a typo, as Python reports it, with the closest argument names
         import difflib
-        import inspect
 
-        from executors.tuner.trainer import fit
-
-        known = list(inspect.signature(fit).parameters)
         name = sorted(legacy)[0]
-        close = difflib.get_close_matches(name, known, n=3)
+        close = difflib.get_close_matches(name, list(known), n=3)
         raise TypeError(f"fit() got an unexpected keyword argument {name!r}"
                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ''))
     if model is None:

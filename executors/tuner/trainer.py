@@ -4,6 +4,7 @@
 with a metric-learning loss ``loss(embeddings [B, D], labels [B]) -> scalar``.
 """
 import contextlib
+import inspect
 import math
 import random
 import warnings
@@ -438,7 +439,7 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     from executors.legacy import check_fit_arguments
     from executors.tuner.losses import get_loss
 
-    model = check_fit_arguments(model, legacy_positional, legacy_keywords)
+    model = check_fit_arguments(model, legacy_positional, legacy_keywords, tuple(inspect.signature(fit).parameters))
     if train_data is None:
         raise InputError('train_data: required; pass labelled docs or (inputs, labels)')
     if not isinstance(model, nn.Module):
