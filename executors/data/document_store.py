@@ -97,20 +97,13 @@ class DocumentStore:
         with self._lock:
             self._db.execute('BEGIN')
             try:
-                existing = set()
-                for start in range(0, len(ids), 900):
-                    chunk = ids[start:start + 900]
-                    existing.update(r for (r,) in self._db.execute(
-                        f'SELECT row FROM docs WHERE id IN ({",".join("?" * len(chunk))})', chunk))
+                row_of = self._rows_of(ids)  # the ids stored before: their content is replaced
+                existing = set(row_of.values())
                 self._db.executemany(
                     'INSERT INTO docs (id, label, text, uri, tags, tensor) VALUES (?, ?, ?, ?, ?, ?) '
                     'ON CONFLICT(id) DO UPDATE SET label=excluded.label, text=excluded.text, '
                     'uri=excluded.uri, tags=excluded.tags, tensor=excluded.tensor', records)
-                row_of = {}
-                for start in range(0, len(ids), 900):
-                    chunk = ids[start:start + 900]
-                    row_of.update(self._db.execute(
-                        f'SELECT id, row FROM docs WHERE id IN ({",".join("?" * len(chunk))})', chunk).fetchall())
+                row_of.update(self._rows_of([doc_id for doc_id in ids if doc_id not in row_of]))
                 rows = [row_of[doc_id] for doc_id in ids]
                 # replaced content: embeddings of other versions no longer describe it (new rows have none)
                 given = sorted(int(v) for v in (embeddings or {}))
@@ -125,6 +118,15 @@ class DocumentStore:
                 self._db.execute('ROLLBACK')
                 raise
         return np.asarray(rows, dtype=np.int64)
+
+    def _rows_of(self, ids: Sequence[str]) -> Dict[str, int]:
+        """``{id: row}`` of the stored ones among ``ids`` (queried in chunks under SQLite's variable limit)."""
+        row_of = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            row_of.update(self._db.execute(
+                f'SELECT id, row FROM docs WHERE id IN ({",".join("?" * len(chunk))})', chunk).fetchall())
+        return row_of
 
     def _put_embeddings(self, rows: Sequence[int], version: int, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
