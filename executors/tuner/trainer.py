@@ -486,6 +486,8 @@ def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positi
     if use_distributed:  # join torchrun's process group; on CUDA each process takes cuda:LOCAL_RANK
         torch_device = dist_utils.init_distributed(torch_device)
     loss_module = get_loss(loss, **(loss_kwargs or {})).to(torch_device)
+    if hasattr(loss_module, 'reset_state'):  # state of an earlier run (class prototypes) is not this run's
+        loss_module.reset_state()
     num_items_per_class, batch_size = _pair_batching(loss_module, train_items, num_items_per_class, batch_size)
     if scheduler is not None:
         check_schedule(scheduler)

@@ -148,6 +148,73 @@ def test_mnrl_matches_loop(dtype):
     assert_loss(MultipleNegativesRankingLoss(scale=10.0)(x, y), reference_mnrl(x.tolist(), y.tolist(), 10.0), dtype)
 
 
+def reference_prototype_run(batches, scale, weight, proto_scale, momentum):
+    """MNRL with class prototypes over a sequence of training batches, as plain loops: per-batch losses and
+    the final ``{label: prototype}``."""
+    prototypes, losses = {}, []
+    for x, y in batches:
+        value = reference_mnrl(x, y, scale)
+        terms = []
+        for xi, yi in zip(x, y):
+            if yi in prototypes:
+                logits = {c: proto_scale * cos_sim(xi, p) for c, p in prototypes.items()}
+                terms.append(log_sum_exp(list(logits.values())) - logits[yi])
+        if terms:
+            value += weight * sum(terms) / len(terms)
+        losses.append(value)
+        for label in sorted(set(y)):
+            members = [[v / math.sqrt(dot(xi, xi)) for v in xi] for xi, yi in zip(x, y) if yi == label]
+            mean = [sum(column) / len(members) for column in zip(*members)]
+            old = prototypes.get(label)
+            prototypes[label] = mean if old is None else [momentum * o + (1 - momentum) * m
+                                                          for o, m in zip(old, mean)]
+    return losses, prototypes
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_mnrl_prototypes_match_loop(dtype):
+    # labels are arbitrary ints; batch 2 brings a new label (9) and lacks one (0); batch 3 has both
+    labels = [[3, 1, 7, 1, 3, 0, 7, 0], [9, 7, 3, 9, 3, 7], [0, 9, 9, 0, 1, 1]]
+    generator = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(len(y), 6, generator=generator, dtype=dtype, requires_grad=True), torch.tensor(y))
+               for y in labels]
+    loss = MultipleNegativesRankingLoss(scale=10.0, prototype_weight=0.7, prototype_scale=15.0,
+                                        prototype_momentum=0.4)
+    values = [loss(x, y) for x, y in batches]
+    expected, prototypes = reference_prototype_run([(x.tolist(), y.tolist()) for x, y in batches],
+                                                   10.0, 0.7, 15.0, 0.4)
+    for value, reference in zip(values, expected):
+        assert_loss(value, reference, dtype)
+    assert values[0].item() == pytest.approx(reference_mnrl(batches[0][0].tolist(), labels[0], 10.0))  # none yet
+    assert loss.prototype_labels.tolist() == sorted(prototypes)
+    torch.testing.assert_close(loss.prototypes, torch.tensor([prototypes[c] for c in sorted(prototypes)],
+                                                             dtype=dtype))
+    values[-1].backward()  # the prototype term has a gradient through the embeddings only
+    assert batches[-1][0].grad is not None and torch.isfinite(batches[-1][0].grad).all()
+
+
+def test_mnrl_prototypes_frozen_without_gradients_and_reset():
+    loss = MultipleNegativesRankingLoss(prototype_weight=1.0)
+    x, y = torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():  # validation: uses no prototypes it has not got, and records none
+        loss(x, y)
+    assert loss.prototypes is None
+    loss(x, y)
+    saved = loss.prototypes.clone()
+    with torch.no_grad():
+        with_prototypes = loss(x, y)
+    torch.testing.assert_close(loss.prototypes, saved)
+    assert with_prototypes > MultipleNegativesRankingLoss()(x, y)  # the prototype term was added
+    loss.reset_state()
+    assert loss.prototypes is None and loss.prototype_labels is None
+
+
+def test_mnrl_without_prototypes_keeps_no_state():
+    loss = MultipleNegativesRankingLoss()
+    loss(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 0, 1]))
+    assert loss.prototypes is None
+
+
 @pytest.mark.parametrize('dtype', DTYPES)
 def test_arcface_matches_loop(dtype):
     x, y = batch(dtype, labels=[0, 0, 1, 1, 2, 2, 3, 4, 4, 4])
@@ -391,6 +458,10 @@ def test_unknown_distance(loss_class):
     (lambda: SiameseLoss(margin=-1), 'margin'),
     (lambda: NTXentLoss(temperature=0), 'temperature'),
     (lambda: MultipleNegativesRankingLoss(scale='big'), 'scale'),
+    (lambda: MultipleNegativesRankingLoss(prototype_weight=-1), 'prototype_weight'),
+    (lambda: MultipleNegativesRankingLoss(prototype_scale=0), 'prototype_scale'),
+    (lambda: MultipleNegativesRankingLoss(prototype_momentum=1.0), 'prototype_momentum'),
+    (lambda: MultipleNegativesRankingLoss(prototype_momentum=float('nan')), 'prototype_momentum'),
     (lambda: ArcFaceLoss(num_classes=0, embedding_dim=3), 'num_classes'),
     (lambda: ArcFaceLoss(num_classes=2, embedding_dim=3, margin=4.0), 'margin'),
     (lambda: MultiSimilarityLoss(beta=-2), 'beta'),

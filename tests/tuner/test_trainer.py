@@ -601,6 +601,22 @@ def test_multiple_negatives_ranking_loss_scores_eval_labels_that_are_not_pairs()
             epochs=1, progress_bar=False)
 
 
+def test_prototypes_come_from_this_runs_training_batches_only():
+    """fit starts a loss instance with no prototypes (an earlier run's would belong to other weights) and
+    records those of the training labels, not of the validation data."""
+    from executors.tuner.losses import MultipleNegativesRankingLoss
+
+    loss = MultipleNegativesRankingLoss(prototype_weight=1.0)
+    loss(torch.randn(2, 8, requires_grad=True), torch.tensor([999, 999]))  # state of another run
+    X_eval, y_eval = _pairs(2, seed=1)
+    recorder = StateRecorder()
+    model = fit(mlp(4, 8), _pairs(8), (X_eval, y_eval + 100), loss=loss, epochs=1, batch_size=8,
+                seed=0, callbacks=[recorder], progress_bar=False)
+    assert loss.prototype_labels.tolist() == list(range(8))  # fit's label ids of the 8 training labels
+    assert np.isfinite(recorder.state.val_loss)
+    assert embed(X_eval, model).shape == (4, 8)
+
+
 def test_arcface_val_loss_maps_eval_labels_with_the_training_label_map():
     """Eval data with a subset of the training labels used to be numbered on its own ('c', 'd' -> 0, 1),
     hitting the class centres of 'a' and 'b'; the val loss must equal the loss with the training ids."""
