@@ -18,6 +18,7 @@ before/after, coloured by intent, and the fine-tuning loss curve). ``--quick`` r
 subset (the tests use it). Stage outputs are cached in ``--cache`` so an interrupted run resumes.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ MAX_LENGTH = 64
 #: the fine-tuning settings of the full scenario (also the text flow's /fit defaults)
 FINE_TUNE = {'loss': 'MultipleNegativesRankingLoss', 'epochs': 1, 'batch_size': 128, 'learning_rate': 2e-4,
              'optimizer': 'adamw', 'weight_decay': 0.01, 'scheduler': 'linear', 'warmup_ratio': 0.1}
+FINE_TUNED = 'MiniLM fine-tuned (fit, MNRL + class prototypes, 1 epoch)'  # its row in the table
 HEADS = {'FeedForwardTuner': {'hidden_dim': 256, 'n_epochs': 20, 'learning_rate': 1e-3, 'batch_size': 64},
          'ContrastiveTuner': {'hidden_dim': 256, 'n_neg': 3, 'epochs': 20, 'learning_rate': 1e-3}}
 #: what a user sets on the text training flow's /fit (the rest are flows/text-train.yml's defaults)
@@ -158,8 +160,10 @@ def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0, thro
     pretrained = build_model(spec)
     spaces = {'pretrained MiniLM': cached_embeddings('pretrained', pretrained)}
 
-    store = ModelStore(cache / 'models')
-    curve_file = cache / 'loss_curve.json'
+    # the fine-tuned stage is cached per setting: a change to FINE_TUNE fine-tunes again
+    setting = hashlib.sha1(json.dumps(FINE_TUNE, sort_keys=True).encode()).hexdigest()[:10]
+    store = ModelStore(cache / f'models-{setting}')
+    curve_file = cache / f'loss_curve-{setting}.json'
     if store.current_version('minilm-clinc') is None:
         print(f'fine-tuning MiniLM: {FINE_TUNE}', flush=True)
         model = build_model(spec)
@@ -173,7 +177,7 @@ def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0, thro
         curve_file.write_text(json.dumps(curve.losses))
     tuned, tuned_config = store.load('minilm-clinc')
     timings.setdefault('fine-tune (s)', tuned_config.get('seconds'))
-    spaces['MiniLM fine-tuned (fit, MNRL, 1 epoch)'] = cached_embeddings('fine-tuned', tuned)
+    spaces[FINE_TUNED] = cached_embeddings(f'fine-tuned-{setting}', tuned)
     losses = json.loads(curve_file.read_text())
     if not quick and through_flow:
         flow_model, flow_job = fit_through_flow(train_texts, train_labels, cache / 'flow')
@@ -193,7 +197,7 @@ def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0, thro
 
     table = {name: scores(test, test_labels, train, train_labels) for name, (test, train) in spaces.items()}
     plot_path = results_dir / ('text_quick.png' if quick else 'text.png')
-    plot_scenario(spaces['pretrained MiniLM'][0], spaces['MiniLM fine-tuned (fit, MNRL, 1 epoch)'][0],
+    plot_scenario(spaces['pretrained MiniLM'][0], spaces[FINE_TUNED][0],
                   test_labels, losses, plot_path)
     result = {'scenario': 'text (CLINC150)', 'quick': quick, 'k': K, 'num_queries': len(test_texts),
               'num_index': len(train_texts), 'num_intents': int(len(set(train_labels))), 'max_length': MAX_LENGTH,

@@ -153,6 +153,8 @@ def test_fit_with_a_miner_and_a_multistep_schedule_logs_every_epoch(service):
     ({'miner': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'hardest'}}, 'pos_strategy'),
     ({'lr_scheduler': {'name': 'LambdaLR'}}, 'parameters.lr_scheduler: expected'),
     ({'lr_scheduler': {'name': 'MultiStepLR', 'steps': [2]}}, 'parameters.lr_scheduler: bad settings for MultiStepLR'),
+    ({'loss': 'MultipleNegativesRankingLoss', 'loss_kwargs': {'prototype_momentum': 1.5}}, 'prototype_momentum: must be'),
+    ({'loss': 'MultipleNegativesRankingLoss', 'loss_kwargs': {'prototype_weight': 'high'}}, 'prototype_weight: expected'),
 ])
 def test_bad_miner_or_scheduler_is_refused_before_fitting(service, options, message):
     service.add(_blobs(5))
