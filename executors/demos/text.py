@@ -5,7 +5,7 @@ is relevant when it has the query's intent. Four embedding spaces are compared:
 
 1. pretrained all-MiniLM-L6-v2 (masked mean pooling, L2-normalised, max_length 64);
 2. MiniLM fine-tuned with this project's ``fit``: ``MultipleNegativesRankingLoss`` (scale 20,
-   cosine) on same-intent (anchor, positive) pairs, one pair per intent per batch, 1 epoch
+   cosine, plus class prototypes) on same-intent (anchor, positive) pairs, one pair per intent per batch, 1 epoch
    (each training sentence seen once), AdamW with linear warm-up and decay;
 3. ``FeedForwardTuner`` and 4. ``ContrastiveTuner`` heads on the frozen pretrained embeddings.
 
@@ -33,6 +33,7 @@ K = 10
 MAX_LENGTH = 64
 #: the fine-tuning settings of the full scenario (also the text flow's /fit defaults)
 FINE_TUNE = {'loss': 'MultipleNegativesRankingLoss', 'epochs': 1, 'batch_size': 128, 'learning_rate': 2e-4,
+             'loss_kwargs': {'prototype_weight': 1.0, 'prototype_scale': 30.0, 'prototype_momentum': 0.5},
              'optimizer': 'adamw', 'weight_decay': 0.01, 'scheduler': 'linear', 'warmup_ratio': 0.1}
 FINE_TUNED = 'MiniLM fine-tuned (fit, MNRL + class prototypes, 1 epoch)'  # its row in the table
 HEADS = {'FeedForwardTuner': {'hidden_dim': 256, 'n_epochs': 20, 'learning_rate': 1e-3, 'batch_size': 64},

@@ -148,6 +148,24 @@ def test_fit_with_a_miner_and_a_multistep_schedule_logs_every_epoch(service):
     assert learning_rates == pytest.approx([0.01, 0.01, 0.001])
 
 
+def test_default_loss_kwargs_go_with_the_default_loss_only(tmp_path):
+    """The text flow's defaults give MNRL class prototypes; a /fit naming another loss must not hand that loss
+    MNRL's keywords (it would be refused), and one keeping the default loss gets them."""
+    from executors.tuner.service import _loss_of
+
+    service = TrainingService(ModelStore(tmp_path / 'models'), 'm', MLP, tmp_path / 'ws',
+                              fit_defaults={'epochs': 1, 'batch_size': 16, 'loss': 'MultipleNegativesRankingLoss',
+                                            'loss_kwargs': {'prototype_weight': 1.0}})
+    service.add(_blobs())
+    job = service.start_fit({'loss': 'SiameseLoss'}, wait=True)['job']
+    assert job['state'] == 'done', job.get('error')
+    job = service.start_fit({'epochs': 1}, wait=True)['job']
+    assert job['state'] == 'done', job.get('error')
+    assert _loss_of({**service.fit_defaults}).prototype_weight == 1.0
+    with pytest.raises(InputError, match='prototype_weight'):  # given explicitly, they are the caller's
+        service.start_fit({'loss': 'SiameseLoss', 'loss_kwargs': {'prototype_weight': 1.0}})
+
+
 @pytest.mark.parametrize('options, message', [
     ({'miner': {'name': 'NoSuchMiner'}}, 'parameters.miner: expected'),
     ({'miner': {'name': 'TripletEasyHardMiner', 'pos_strategy': 'hardest'}}, 'pos_strategy'),
