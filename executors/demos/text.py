@@ -181,10 +181,13 @@ def run(results_dir: Path, cache: Path, quick: bool = False, seed: int = 0, thro
     spaces[FINE_TUNED] = cached_embeddings(f'fine-tuned-{setting}', tuned)
     losses = json.loads(curve_file.read_text())
     if not quick and through_flow:
-        flow_model, flow_job = fit_through_flow(train_texts, train_labels, cache / 'flow')
+        # cached per flow file and request: a changed default or request fits again
+        flow_setting = hashlib.sha1((REPO / 'flows/text-train.yml').read_bytes()
+                                    + json.dumps(FLOW_FIT, sort_keys=True).encode()).hexdigest()[:10]
+        flow_model, flow_job = fit_through_flow(train_texts, train_labels, cache / f'flow-{flow_setting}')
         timings['flow /fit (s)'] = flow_job.get('seconds')
         spaces['MiniLM fine-tuned through the flow (/fit with loss + epochs only)'] = cached_embeddings(
-            'flow-fit', flow_model)
+            f'flow-fit-{flow_setting}', flow_model)
 
     base_test, base_train = spaces['pretrained MiniLM']
     for name, settings in HEADS.items():
@@ -264,7 +267,7 @@ def plot_scenario(before: np.ndarray, after: np.ndarray, labels: np.ndarray, los
         ax.set_title(f'{title}: test sentences of {len(shown)} intents (PCA)')
     axes[1].legend(scatter.legend_elements()[0], shown, fontsize='x-small', loc='best')
     axes[2].plot(np.arange(1, len(losses) + 1), losses, lw=1)
-    axes[2].set(xlabel='batch', ylabel='MNRL loss', title='fine-tuning loss (1 epoch)')
+    axes[2].set(xlabel='batch', ylabel='loss (MNRL + prototype term)', title='fine-tuning loss (1 epoch)')
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
