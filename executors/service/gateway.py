@@ -94,6 +94,9 @@ def build_app(streamer, title: str, description: str, cors: bool, logger):
                                                             f'{_value_at(body.parameters, bad)}')
             data = body.data if isinstance(body.data, list) else [body.data]
             docs = DocList[input_doc](data)
+            for doc in docs:  # the gateway's model (rebuilt from a JSON schema) lost docarray's id factory
+                if getattr(doc, 'id', '') is None:
+                    doc.id = os.urandom(16).hex()
             header = body.header or Header()
             responses = []
             try:

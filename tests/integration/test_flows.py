@@ -116,6 +116,18 @@ def test_train_flow_bad_input_gets_4xx_with_the_full_message(train, points, endp
     assert (after['num_docs'], after['versions'], after['job']) == (before['num_docs'], before['versions'], before['job'])
 
 
+def test_http_docs_without_id_get_one_as_over_grpc(train, points):
+    """A JSON doc without ``id`` used to reach the store as id None (HTTP 500, NOT NULL constraint): the
+    gateway's schema-built model has no id factory. Each now gets a fresh id, as docarray gives one."""
+    _fresh_training_data(train, points[:50])
+    before = _status(train)['num_docs']
+    data = [{'tensor': [0.1 * i, 1.0, 2.0], 'label': 'a' if i % 2 else 'b'} for i in range(4)]
+    response = _post(train['http'], '/train', data)
+    assert response.status_code == 200, response.text
+    assert response.json()['data'][0]['data']['num_docs'] == before + 4
+    assert _post(train['http'], '/train', data).json()['data'][0]['data']['num_docs'] == before + 8
+
+
 def test_nan_learning_rate_is_a_clear_input_error(train, points):
     _fresh_training_data(train, points[:50])  # gRPC's Struct cannot carry NaN: JSON (as Python writes it) can
     response = httpx.post(f"{train['http']}/fit", content='{"data": [], "parameters": {"learning_rate": NaN}}',
