@@ -28,6 +28,16 @@ import numpy as np
 
 from executors.errors import InputError
 
+SQL_CHUNK = 900  # values per IN (...) list: below SQLite's default limit of 999 variables a statement
+
+
+def _chunks(values: Sequence, size: int = SQL_CHUNK, convert=None):
+    """``(chunk, marks)`` pieces of ``values``: a tuple of at most ``size`` values (each passed through
+    ``convert`` when given) and its ``'?,?,...'`` placeholder list."""
+    for start in range(0, len(values), size):
+        chunk = tuple(values[start:start + size] if convert is None else map(convert, values[start:start + size]))
+        yield chunk, ','.join('?' * len(chunk))
+
 
 @dataclass
 class StoredDoc:
@@ -122,10 +132,8 @@ class DocumentStore:
     def _rows_of(self, ids: Sequence[str]) -> Dict[str, int]:
         """``{id: row}`` of the stored ones among ``ids`` (queried in chunks under SQLite's variable limit)."""
         row_of = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            row_of.update(self._db.execute(
-                f'SELECT id, row FROM docs WHERE id IN ({",".join("?" * len(chunk))})', chunk).fetchall())
+        for chunk, marks in _chunks(ids):
+            row_of.update(self._db.execute(f'SELECT id, row FROM docs WHERE id IN ({marks})', chunk).fetchall())
         return row_of
 
     def _put_embeddings(self, rows: Sequence[int], version: int, vectors: np.ndarray) -> None:
@@ -181,11 +189,10 @@ class DocumentStore:
         is returned in ``bad`` (never as a vector); rows without one are in neither."""
         found, vectors, bad = [], [], []
         with self._lock:
-            for start in range(0, len(rows), 900):
-                chunk = tuple(int(r) for r in rows[start:start + 900])
+            for chunk, marks in _chunks(rows, convert=int):
                 result = self._db.execute(
-                    f'SELECT row, vector, crc FROM base_embeddings WHERE fingerprint=? AND row IN '
-                    f'({",".join("?" * len(chunk))})', (str(fingerprint), *chunk)).fetchall()
+                    f'SELECT row, vector, crc FROM base_embeddings WHERE fingerprint=? AND row IN ({marks})',
+                    (str(fingerprint), *chunk)).fetchall()
                 for row, blob, crc in result:
                     vector = np.frombuffer(blob, dtype=np.float32) if len(blob) == 4 * dim else None
                     if vector is None or zlib.crc32(blob) != crc or not np.isfinite(vector).all():
@@ -205,10 +212,9 @@ class DocumentStore:
                                                         (str(fingerprint),))]
             else:
                 found = []
-                for start in range(0, len(among), 900):
-                    chunk = tuple(int(r) for r in among[start:start + 900])
+                for chunk, marks in _chunks(among, convert=int):
                     found += [r for (r,) in self._db.execute(
-                        f'SELECT row FROM base_embeddings WHERE fingerprint=? AND row IN ({",".join("?" * len(chunk))})',
+                        f'SELECT row FROM base_embeddings WHERE fingerprint=? AND row IN ({marks})',
                         (str(fingerprint), *chunk))]
         return np.asarray(sorted(found), dtype=np.int64)
 
@@ -252,16 +258,12 @@ class DocumentStore:
             self._db.execute('BEGIN')
             try:
                 rows = []
-                for start in range(0, len(ids), 500):
-                    chunk = tuple(ids[start:start + 500])
-                    marks = ','.join('?' * len(chunk))
+                for chunk, marks in _chunks(ids, 500):
                     rows += [r for (r,) in self._db.execute(f'DELETE FROM docs WHERE id IN ({marks}) RETURNING row',
                                                             chunk)]
-                for start in range(0, len(rows), 500):
-                    chunk = tuple(rows[start:start + 500])
-                    self._db.execute(f'DELETE FROM embeddings WHERE row IN ({",".join("?" * len(chunk))})', chunk)
-                    self._db.execute(f'DELETE FROM base_embeddings WHERE row IN ({",".join("?" * len(chunk))})',
-                                     chunk)
+                for chunk, marks in _chunks(rows, 500):
+                    self._db.execute(f'DELETE FROM embeddings WHERE row IN ({marks})', chunk)
+                    self._db.execute(f'DELETE FROM base_embeddings WHERE row IN ({marks})', chunk)
                 self._db.execute('COMMIT')
             except Exception:
                 self._db.execute('ROLLBACK')
@@ -279,10 +281,8 @@ class DocumentStore:
         columns = ', '.join(('row',) + tuple(names))
         out = {}
         with self._lock:
-            for start in range(0, len(rows), 900):
-                chunk = tuple(int(r) for r in rows[start:start + 900])
-                for record in self._db.execute(f'SELECT {columns} FROM docs WHERE row IN ({",".join("?" * len(chunk))})',
-                                               chunk):
+            for chunk, marks in _chunks(rows, convert=int):
+                for record in self._db.execute(f'SELECT {columns} FROM docs WHERE row IN ({marks})', chunk):
                     out[record[0]] = record[1:]
         if 'tags' in names:
             at = list(names).index('tags')
@@ -308,20 +308,15 @@ class DocumentStore:
 
     def rows_for_ids(self, ids: Sequence[str]) -> Dict[str, int]:
         """``{doc id: row}`` for the stored ones among ``ids``."""
-        if not ids:
-            return {}
-        marks = ','.join('?' * len(ids))
         with self._lock:
-            return dict(self._db.execute(f'SELECT id, row FROM docs WHERE id IN ({marks})', tuple(ids)).fetchall())
+            return self._rows_of(ids)
 
     def existing_rows(self, rows: Sequence[int]) -> np.ndarray:
         """The ones among ``rows`` that are stored, ascending."""
         found = []
         with self._lock:
-            for start in range(0, len(rows), 900):
-                chunk = tuple(int(r) for r in rows[start:start + 900])
-                found += [r for (r,) in self._db.execute(
-                    f'SELECT row FROM docs WHERE row IN ({",".join("?" * len(chunk))})', chunk)]
+            for chunk, marks in _chunks(rows, convert=int):
+                found += [r for (r,) in self._db.execute(f'SELECT row FROM docs WHERE row IN ({marks})', chunk)]
         return np.asarray(sorted(found), dtype=np.int64)
 
     def all_rows(self) -> np.ndarray:
@@ -395,10 +390,8 @@ def ids_stored_at(path, ids: Sequence[str]) -> set:
     db = sqlite3.connect(f'file:{path}?mode=ro', uri=True, check_same_thread=False)
     try:
         found = set()
-        for start in range(0, len(ids), 900):
-            chunk = list(ids[start:start + 900])
-            found.update(i for (i,) in db.execute(f'SELECT id FROM docs WHERE id IN ({",".join("?" * len(chunk))})',
-                                                  chunk))
+        for chunk, marks in _chunks(ids):
+            found.update(i for (i,) in db.execute(f'SELECT id FROM docs WHERE id IN ({marks})', chunk))
         return found
     finally:
         db.close()
