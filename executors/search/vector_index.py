@@ -371,16 +371,20 @@ class SearchIndex:
             row_of = self.store.rows_for_ids(list(ids))
             keep = [i for i, doc_id in enumerate(ids) if doc_id in row_of]
             rows = np.asarray([row_of[ids[i]] for i in keep], dtype=np.int64)
-            return self.reindex_rows(rows, np.asarray(embeddings, dtype=np.float32)[keep], version)
+            return self._reindex_stored(rows, np.asarray(embeddings, dtype=np.float32)[keep], version)
 
     def reindex_rows(self, rows: np.ndarray, embeddings: np.ndarray, version: int) -> int:
         """:meth:`reindex` by store rows (rows deleted meanwhile are skipped)."""
         with self._lock:
-            if int(version) not in (self.pending_version, self.active_version):
-                raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             rows = np.asarray(rows, dtype=np.int64)
             stored = np.isin(rows, self.store.existing_rows(rows))
-            rows, embeddings = rows[stored], np.asarray(embeddings, dtype=np.float32)[stored]
+            return self._reindex_stored(rows[stored], np.asarray(embeddings, dtype=np.float32)[stored], version)
+
+    def _reindex_stored(self, rows: np.ndarray, embeddings: np.ndarray, version: int) -> int:
+        """:meth:`reindex` of rows already known to be stored (no second existence query)."""
+        with self._lock:
+            if int(version) not in (self.pending_version, self.active_version):
+                raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
             generation = self.generations.get(int(version))
             if generation is None and len(rows):
                 generation = self._new_generation(embeddings.shape[1])
