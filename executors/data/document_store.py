@@ -311,14 +311,6 @@ class DocumentStore:
         with self._lock:
             return self._rows_of(ids)
 
-    def existing_rows(self, rows: Sequence[int]) -> np.ndarray:
-        """The ones among ``rows`` that are stored, ascending."""
-        found = []
-        with self._lock:
-            for chunk, marks in _chunks(rows, convert=int):
-                found += [r for (r,) in self._db.execute(f'SELECT row FROM docs WHERE row IN ({marks})', chunk)]
-        return np.asarray(sorted(found), dtype=np.int64)
-
     def all_rows(self) -> np.ndarray:
         with self._lock:
             return np.asarray([r for (r,) in self._db.execute('SELECT row FROM docs ORDER BY row')], dtype=np.int64)

@@ -134,8 +134,8 @@ def fill_from_base(index: SearchIndex, store: ModelStore, model_name: str, versi
 
     def add(rows: np.ndarray, base: np.ndarray) -> int:
         vectors = target.apply(base)
-        with index._lock:  # a doc replaced meanwhile lost its base embedding: its new vector stays
-            current = np.isin(rows, index.store.base_rows(fingerprint, among=rows))
+        with index._lock:  # a doc replaced or deleted meanwhile lost its base embedding: skipped here
+            current = np.isin(rows, index.store.base_rows(fingerprint, among=rows))  # so these are stored
             return index.reindex_rows(rows[current], vectors[current], version)
 
     missing = index.missing_rows(version)

@@ -371,17 +371,11 @@ class SearchIndex:
             row_of = self.store.rows_for_ids(list(ids))
             keep = [i for i, doc_id in enumerate(ids) if doc_id in row_of]
             rows = np.asarray([row_of[ids[i]] for i in keep], dtype=np.int64)
-            return self._reindex_stored(rows, np.asarray(embeddings, dtype=np.float32)[keep], version)
+            return self.reindex_rows(rows, np.asarray(embeddings, dtype=np.float32)[keep], version)
 
     def reindex_rows(self, rows: np.ndarray, embeddings: np.ndarray, version: int) -> int:
-        """:meth:`reindex` by store rows (rows deleted meanwhile are skipped)."""
-        with self._lock:
-            rows = np.asarray(rows, dtype=np.int64)
-            stored = np.isin(rows, self.store.existing_rows(rows))
-            return self._reindex_stored(rows[stored], np.asarray(embeddings, dtype=np.float32)[stored], version)
-
-    def _reindex_stored(self, rows: np.ndarray, embeddings: np.ndarray, version: int) -> int:
-        """:meth:`reindex` of rows already known to be stored (no second existence query)."""
+        """:meth:`reindex` by store rows, which must be stored: a caller racing deletes checks that
+        while holding ``self._lock`` (an RLock) and calls this under it."""
         with self._lock:
             if int(version) not in (self.pending_version, self.active_version):
                 raise InputError(f'version: no swap to version {version} is prepared; call prepare first')
