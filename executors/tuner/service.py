@@ -252,7 +252,7 @@ class TrainingService:
     def start_fit(self, options: Dict[str, Any], wait: bool = False) -> Dict[str, Any]:
         """Validate, then fit in a background thread (or block if ``wait``); returns the job status."""
         opts = {**self.fit_defaults, **options}
-        if options.get('loss', opts['loss']) != self.fit_defaults['loss'] and 'loss_kwargs' not in options:
+        if opts['loss'] != self.fit_defaults['loss'] and 'loss_kwargs' not in options:
             opts['loss_kwargs'] = {}  # the default loss_kwargs are settings of the default loss only
         validate_fit_options(opts)
         _loss_of(opts)  # a bad loss, miner or scheduler is the caller's error, now
