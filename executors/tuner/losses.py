@@ -265,16 +265,24 @@ class MultipleNegativesRankingLoss(BatchLoss):
     ``SiameseEasyHardMiner('all', 'all')`` reproduces the default. No mined ``(a_k, p_k)`` gives the
     graph-keeping zero.
 
+    ``symmetric=True`` (sentence-transformers' MultipleNegativesSymmetricRankingLoss) also scores each
+    positive against every anchor and averages the two directions::
+
+        loss = mean_k ( CE_k(anchor -> positives) + CE_k(positive -> anchors) ) / 2,
+        CE_k(positive -> anchors) = -log( exp(scale * s(p_k, a_k)) / sum_l exp(scale * s(p_k, a_l)) )
+
+    (with a miner, ``p_k``'s softmax holds ``a_k`` and the ``a_l`` with ``(a_l, p_k)`` mined negative).
+
     Class prototypes (``prototype_weight = w > 0``; off by default, as in sentence-transformers): in-batch
     negatives cover only the batch's labels, so a running prototype of every label seen so far adds the
     others. ``P_c`` is a momentum mean of the L2-normalised embeddings of label ``c`` (no gradient):
     set to the batch mean ``m_c`` when ``c`` first occurs, then ``P_c <- mu * P_c + (1 - mu) * m_c``
     after each training batch holding ``c`` (``mu = prototype_momentum``; updated only while gradients
-    are enabled, so validation leaves them alone). With ``t = prototype_scale`` and ``S`` the labels
-    that had a prototype before the batch::
+    are enabled, so validation leaves them alone). With ``t = prototype_scale``, ``m = prototype_margin``
+    (an additive cosine margin on the item's own prototype, as in CosFace), ``S`` the labels that had a
+    prototype before the batch and ``z_ic = t * (s(x_i, P_c) - m * [c = y_i])``::
 
-        loss += w * mean over items i with y_i in S of
-                -log( exp(t * s(x_i, P_{y_i})) / sum_{c in S} exp(t * s(x_i, P_c)) )
+        loss += w * mean over items i with y_i in S of  -log( exp(z_{i,y_i}) / sum_{c in S} exp(z_ic) )
 
     (nothing is added while no item's label is in ``S``, or when the pair part has no term). ``fit``
     starts every run with no prototypes (:meth:`reset_state`); a resumed run rebuilds them from its
@@ -284,14 +292,18 @@ class MultipleNegativesRankingLoss(BatchLoss):
 
     items_per_label = 2  # fit samples pairs (num_items_per_class=2) and keeps pairs whole in validation
 
-    def __init__(self, scale: float = 20.0, miner=None, prototype_weight: float = 0.0,
-                 prototype_scale: float = 30.0, prototype_momentum: float = 0.5):
+    def __init__(self, scale: float = 20.0, miner=None, symmetric: bool = False, prototype_weight: float = 0.0,
+                 prototype_scale: float = 30.0, prototype_momentum: float = 0.5, prototype_margin: float = 0.0):
         super().__init__()
         self.scale = _check_number(scale, 'scale', above=0)
         self.miner = miner
+        if not isinstance(symmetric, bool):
+            raise InputError(f'symmetric: expected true or false, got {symmetric!r}')
+        self.symmetric = symmetric
         self.prototype_weight = _check_number(prototype_weight, 'prototype_weight', minimum=0)
         self.prototype_scale = _check_number(prototype_scale, 'prototype_scale', above=0)
         self.prototype_momentum = _check_number(prototype_momentum, 'prototype_momentum', minimum=0, below=1)
+        self.prototype_margin = _check_number(prototype_margin, 'prototype_margin', minimum=0, below=2)
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -317,9 +329,11 @@ class MultipleNegativesRankingLoss(BatchLoss):
         return loss
 
     def _pair_loss(self, embeddings: Tensor, labels: Tensor, anchor: Tensor, positive: Tensor) -> Tensor:
-        logits = self.scale * _cosine_similarity(embeddings[anchor], embeddings[positive])
+        logits = self.scale * _cosine_similarity(embeddings[anchor], embeddings[positive])  # [K, K]
         if self.miner is None:
-            return F.cross_entropy(logits, torch.arange(len(anchor), device=labels.device))
+            targets = torch.arange(len(anchor), device=labels.device)
+            loss = F.cross_entropy(logits, targets)
+            return (loss + F.cross_entropy(logits.T, targets)) / 2 if self.symmetric else loss
         positives, negatives = _mined_pair_masks(self._mine, embeddings, labels)
         has_term = positives[anchor, positive]
         if not has_term.any():
@@ -327,6 +341,9 @@ class MultipleNegativesRankingLoss(BatchLoss):
         in_softmax = negatives[anchor[:, None], positive[None, :]]
         in_softmax.fill_diagonal_(True)
         per_pair = torch.logsumexp(logits.masked_fill(~in_softmax, -torch.inf), dim=1) - logits.diagonal()
+        if self.symmetric:
+            reverse = torch.logsumexp(logits.T.masked_fill(~in_softmax.T, -torch.inf), dim=1) - logits.diagonal()
+            per_pair = (per_pair + reverse) / 2
         return per_pair[has_term].mean()
 
     def _prototype_rows(self, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -342,8 +359,10 @@ class MultipleNegativesRankingLoss(BatchLoss):
         if not has_prototype.any():
             return _zero(embeddings)
         prototypes = self.prototypes.to(device=embeddings.device, dtype=embeddings.dtype)
-        logits = self.prototype_scale * _cosine_similarity(embeddings[has_prototype], prototypes)
-        return F.cross_entropy(logits, rows[has_prototype])
+        targets = rows[has_prototype]
+        similarities = _cosine_similarity(embeddings[has_prototype], prototypes)
+        margins = self.prototype_margin * F.one_hot(targets, len(prototypes)).to(similarities.dtype)
+        return F.cross_entropy(self.prototype_scale * (similarities - margins), targets)
 
     def _update_prototypes(self, embeddings: Tensor, labels: Tensor) -> None:
         values, item_label = torch.unique(labels, return_inverse=True)

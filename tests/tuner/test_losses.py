@@ -78,7 +78,7 @@ def reference_ntxent(x, y, temperature):
     return sum(per_anchor) / len(per_anchor)
 
 
-def reference_mnrl(x, y, scale):
+def reference_mnrl(x, y, scale, symmetric=False):
     firsts = {}
     for i, label in enumerate(y):
         firsts.setdefault(label, []).append(i)
@@ -86,7 +86,11 @@ def reference_mnrl(x, y, scale):
     terms = []
     for anchor, positive in pairs:
         logits = [scale * cos_sim(x[anchor], x[other]) for _, other in pairs]
-        terms.append(log_sum_exp(logits) - scale * cos_sim(x[anchor], x[positive]))
+        term = log_sum_exp(logits) - scale * cos_sim(x[anchor], x[positive])
+        if symmetric:  # the positive against every anchor
+            reverse = [scale * cos_sim(x[positive], x[other]) for other, _ in pairs]
+            term = (term + log_sum_exp(reverse) - scale * cos_sim(x[positive], x[anchor])) / 2
+        terms.append(term)
     return sum(terms) / len(terms)
 
 
@@ -148,16 +152,25 @@ def test_mnrl_matches_loop(dtype):
     assert_loss(MultipleNegativesRankingLoss(scale=10.0)(x, y), reference_mnrl(x.tolist(), y.tolist(), 10.0), dtype)
 
 
-def reference_prototype_run(batches, scale, weight, proto_scale, momentum):
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_symmetric_mnrl_matches_loop(dtype):
+    x, y = batch(dtype, labels=[3, 1, 7, 1, 3, 0, 7, 0])
+    symmetric = MultipleNegativesRankingLoss(scale=10.0, symmetric=True)(x, y)
+    assert_loss(symmetric, reference_mnrl(x.tolist(), y.tolist(), 10.0, symmetric=True), dtype)
+    assert abs(symmetric.item() - MultipleNegativesRankingLoss(scale=10.0)(x, y).item()) > 1e-3  # not the default
+
+
+def reference_prototype_run(batches, scale, weight, proto_scale, momentum, margin=0.0, symmetric=False):
     """MNRL with class prototypes over a sequence of training batches, as plain loops: per-batch losses and
     the final ``{label: prototype}``."""
     prototypes, losses = {}, []
     for x, y in batches:
-        value = reference_mnrl(x, y, scale)
+        value = reference_mnrl(x, y, scale, symmetric)
         terms = []
         for xi, yi in zip(x, y):
             if yi in prototypes:
-                logits = {c: proto_scale * cos_sim(xi, p) for c, p in prototypes.items()}
+                logits = {c: proto_scale * (cos_sim(xi, p) - (margin if c == yi else 0.0))
+                          for c, p in prototypes.items()}
                 terms.append(log_sum_exp(list(logits.values())) - logits[yi])
         if terms:
             value += weight * sum(terms) / len(terms)
@@ -172,20 +185,21 @@ def reference_prototype_run(batches, scale, weight, proto_scale, momentum):
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
-def test_mnrl_prototypes_match_loop(dtype):
+@pytest.mark.parametrize('margin, symmetric', [(0.0, False), (0.3, True)])
+def test_mnrl_prototypes_match_loop(dtype, margin, symmetric):
     # labels are arbitrary ints; batch 2 brings a new label (9) and lacks one (0); batch 3 has both
     labels = [[3, 1, 7, 1, 3, 0, 7, 0], [9, 7, 3, 9, 3, 7], [0, 9, 9, 0, 1, 1]]
     generator = torch.Generator().manual_seed(5)
     batches = [(torch.randn(len(y), 6, generator=generator, dtype=dtype, requires_grad=True), torch.tensor(y))
                for y in labels]
-    loss = MultipleNegativesRankingLoss(scale=10.0, prototype_weight=0.7, prototype_scale=15.0,
-                                        prototype_momentum=0.4)
+    loss = MultipleNegativesRankingLoss(scale=10.0, symmetric=symmetric, prototype_weight=0.7, prototype_scale=15.0,
+                                        prototype_momentum=0.4, prototype_margin=margin)
     values = [loss(x, y) for x, y in batches]
     expected, prototypes = reference_prototype_run([(x.tolist(), y.tolist()) for x, y in batches],
-                                                   10.0, 0.7, 15.0, 0.4)
+                                                   10.0, 0.7, 15.0, 0.4, margin, symmetric)
     for value, reference in zip(values, expected):
         assert_loss(value, reference, dtype)
-    assert values[0].item() == pytest.approx(reference_mnrl(batches[0][0].tolist(), labels[0], 10.0))  # none yet
+    assert values[0].item() == pytest.approx(reference_mnrl(batches[0][0].tolist(), labels[0], 10.0, symmetric))
     assert loss.prototype_labels.tolist() == sorted(prototypes)
     torch.testing.assert_close(loss.prototypes, torch.tensor([prototypes[c] for c in sorted(prototypes)],
                                                              dtype=dtype))
@@ -459,6 +473,9 @@ def test_unknown_distance(loss_class):
     (lambda: NTXentLoss(temperature=0), 'temperature'),
     (lambda: MultipleNegativesRankingLoss(scale='big'), 'scale'),
     (lambda: MultipleNegativesRankingLoss(prototype_weight=-1), 'prototype_weight'),
+    (lambda: MultipleNegativesRankingLoss(symmetric='yes'), 'symmetric'),
+    (lambda: MultipleNegativesRankingLoss(prototype_margin=-0.1), 'prototype_margin'),
+    (lambda: MultipleNegativesRankingLoss(prototype_margin=2.0), 'prototype_margin'),
     (lambda: MultipleNegativesRankingLoss(prototype_scale=0), 'prototype_scale'),
     (lambda: MultipleNegativesRankingLoss(prototype_momentum=1.0), 'prototype_momentum'),
     (lambda: MultipleNegativesRankingLoss(prototype_momentum=float('nan')), 'prototype_momentum'),
@@ -546,7 +563,7 @@ def reference_mined_ntxent(x, pos, neg, temperature):
     return sum(terms) / len(terms)
 
 
-def reference_mined_mnrl(x, y, pos, neg, scale):
+def reference_mined_mnrl(x, y, pos, neg, scale, symmetric=False):
     items = {}
     for i, label in enumerate(y):
         items.setdefault(label, []).append(i)
@@ -556,7 +573,12 @@ def reference_mined_mnrl(x, y, pos, neg, scale):
         if (anchor, positive) in pos:
             logits = [scale * cos_sim(x[anchor], x[other]) for l, (_, other) in enumerate(pairs)
                       if l == k or (anchor, other) in neg]
-            terms.append(log_sum_exp(logits) - scale * cos_sim(x[anchor], x[positive]))
+            term = log_sum_exp(logits) - scale * cos_sim(x[anchor], x[positive])
+            if symmetric:  # the positive against its anchor and the anchors mined as its negatives
+                reverse = [scale * cos_sim(x[positive], x[other]) for l, (other, _) in enumerate(pairs)
+                           if l == k or (other, positive) in neg]
+                term = (term + log_sum_exp(reverse) - scale * cos_sim(x[positive], x[anchor])) / 2
+            terms.append(term)
     return sum(terms) / len(terms)
 
 
@@ -610,9 +632,10 @@ def test_mined_ntxent_anchor_without_negative_adds_zero():
 def test_mined_mnrl_matches_loop(miner):
     x, y = batch(torch.float64, labels=MNRL_LABELS)
     pos, neg = mined_pairs(miner, x, y)
-    expected = reference_mined_mnrl(x.tolist(), y.tolist(), pos, neg, 10.0)
-    torch.testing.assert_close(MultipleNegativesRankingLoss(scale=10.0, miner=miner)(x, y),
-                               torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+    for symmetric in (False, True):
+        expected = reference_mined_mnrl(x.tolist(), y.tolist(), pos, neg, 10.0, symmetric)
+        torch.testing.assert_close(MultipleNegativesRankingLoss(scale=10.0, miner=miner, symmetric=symmetric)(x, y),
+                                   torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 ARCFACE_MINER = FixedPairMiner(pos_pairs=[(0, 1)], neg_pairs=[(2, 5), (5, 9)])  # items 0, 1, 2, 5, 9
@@ -637,8 +660,10 @@ def test_miner_listing_every_ordered_pair_reproduces_default():
     x, y = batch(torch.float64, labels=MNRL_LABELS)  # two items per label: NT-Xent = SupCon
     every_pair = FixedPairMiner(*all_ordered_pairs(y.tolist()))
     torch.testing.assert_close(NTXentLoss(temperature=0.3, miner=every_pair)(x, y), NTXentLoss(temperature=0.3)(x, y))
-    torch.testing.assert_close(MultipleNegativesRankingLoss(miner=SiameseEasyHardMiner('all', 'all'))(x, y),
-                               MultipleNegativesRankingLoss()(x, y))
+    for symmetric in (False, True):
+        torch.testing.assert_close(
+            MultipleNegativesRankingLoss(miner=SiameseEasyHardMiner('all', 'all'), symmetric=symmetric)(x, y),
+            MultipleNegativesRankingLoss(symmetric=symmetric)(x, y))
     mined_arcface = ArcFaceLoss(num_classes=8, embedding_dim=6, miner=every_pair).double()
     arcface = ArcFaceLoss(num_classes=8, embedding_dim=6).double()
     arcface.load_state_dict(mined_arcface.state_dict())

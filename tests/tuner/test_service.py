@@ -173,6 +173,8 @@ def test_default_loss_kwargs_go_with_the_default_loss_only(tmp_path):
     ({'lr_scheduler': {'name': 'MultiStepLR', 'steps': [2]}}, 'parameters.lr_scheduler: bad settings for MultiStepLR'),
     ({'loss': 'MultipleNegativesRankingLoss', 'loss_kwargs': {'prototype_momentum': 1.5}}, 'prototype_momentum: must be'),
     ({'loss': 'MultipleNegativesRankingLoss', 'loss_kwargs': {'prototype_weight': 'high'}}, 'prototype_weight: expected'),
+    ({'loss': 'MultipleNegativesRankingLoss', 'loss_kwargs': {'prototype_margin': -1}}, 'prototype_margin: must be'),
+    ({'loss': 'MultipleNegativesRankingLoss', 'loss_kwargs': {'symmetric': 'true'}}, 'symmetric: expected'),
 ])
 def test_bad_miner_or_scheduler_is_refused_before_fitting(service, options, message):
     service.add(_blobs(5))
