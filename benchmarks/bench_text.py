@@ -11,6 +11,11 @@ embedding sentences/s of the Encoder path (``VersionedEncoder.embed`` over a pub
 sentence-transformers' ``model.encode`` (same batch size and max_length), and the ratios. The
 pairs are split into ``--rounds`` rounds that alternate which trainer runs first. Writes ``results/bench_text.json``.
 
+``--quality`` measures quality instead, in one run: the text demo's best ``fit`` setting (``FINE_TUNE``,
+labels = intents, per ``--seeds``) and the peer's trainer on all 7,500 same-intent pairs (per
+``--peer-lrs``), both 1 epoch, scored on CLINC150 test -> train with the demo's metrics. Writes
+``results/bench_text_quality.json``.
+
 Needs the ``bench`` extra (sentence-transformers; its trainer also needs ``datasets`` and ``accelerate``).
 """
 import argparse
@@ -58,7 +63,8 @@ def ours(pairs, batch_pairs, lr):
     return len(texts) / (time.perf_counter() - start)
 
 
-def peer(pairs, batch_pairs, lr):
+def peer(pairs, batch_pairs, lr, seed=0):
+    """sentence-transformers' trainer on the pairs: ``(sentences/s, the tuned SentenceTransformer)``."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -72,14 +78,14 @@ def peer(pairs, batch_pairs, lr):
     with tempfile.TemporaryDirectory() as out:
         args = SentenceTransformerTrainingArguments(
             output_dir=out, num_train_epochs=1, per_device_train_batch_size=batch_pairs, learning_rate=lr,
-            warmup_steps=0.1, batch_sampler='no_duplicates', save_strategy='no', report_to=[], seed=0,
+            warmup_steps=0.1, batch_sampler='no_duplicates', save_strategy='no', report_to=[], seed=seed,
             use_cpu=True, logging_strategy='no', dataloader_drop_last=False)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                              loss=MultipleNegativesRankingLoss(model))
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    return 2 * len(pairs) / seconds
+    return 2 * len(pairs) / seconds, model
 
 
 def embedding(texts, batch_size=128):
@@ -116,6 +122,42 @@ def embedding(texts, batch_size=128):
     return encoder_rate, plain_rate, len(texts) / (time.perf_counter() - start)
 
 
+def quality(seeds, peer_lrs, batch_pairs) -> dict:
+    """mAP@10 etc. (the demo's definition) on CLINC150 test -> train: the demo's best ``fit`` setting per seed
+    vs sentence-transformers' trainer on all 7,500 same-intent pairs (1 epoch, NO_DUPLICATES) per lr."""
+    from executors.demos.text import FINE_TUNE, Tokenize, embed_texts, load_data, scores
+    from executors.models import build_model
+    from executors.models.transformer import default_model_path
+    from executors.tuner.trainer import fit
+
+    (train_texts, train_labels), (test_texts, test_labels) = load_data(quick=False)
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    tokenize = Tokenize(default_model_path(), MAX_LENGTH)
+    result = {'ours': {}, 'peer': {}, 'ours_setting': FINE_TUNE}
+    for seed in seeds:
+        model = build_model({'builder': 'transformer', 'kwargs': {}})
+        start = time.perf_counter()
+        fit(model, (train_texts, list(train_labels)), collate_fn=tokenize, seed=seed, progress_bar=False, **FINE_TUNE)
+        seconds = time.perf_counter() - start
+        space = scores(embed_texts(model, test_texts, tokenize), test_labels,
+                       embed_texts(model, train_texts, tokenize), train_labels)
+        result['ours'][f'seed {seed}'] = {**space, 'fit (s)': round(seconds, 1)}
+        print(f'ours, seed {seed}: {space} ({seconds:.0f} s)', flush=True)
+    pairs = pairs_of(train_texts, train_labels, len(train_texts) // 2)
+    for lr in peer_lrs:
+        rate, model = peer(pairs, batch_pairs, lr)
+        model.eval()
+        encode = lambda texts: model.encode(list(texts), batch_size=128, normalize_embeddings=True)  # noqa: E731
+        space = scores(encode(test_texts), test_labels, encode(train_texts), train_labels)
+        result['peer'][f'lr {lr:g}'] = {**space, 'fit (s)': round(2 * len(pairs) / rate, 1)}
+        print(f'peer, lr {lr:g}: {space}', flush=True)
+    best_peer = max(v['mAP@10'] for v in result['peer'].values())
+    ours_maps = [v['mAP@10'] for v in result['ours'].values()]
+    result.update(ours_mean_mAP10=float(np.mean(ours_maps)), peer_best_mAP10=best_peer,
+                  ours_mean_minus_peer_best=float(np.mean(ours_maps)) - best_peer)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', type=int, default=7500, help='training pairs (7,500 = CLINC150 train, 1 epoch)')
@@ -123,10 +165,23 @@ def main(argv=None) -> int:
     parser.add_argument('--lr', type=float, default=2e-4)
     parser.add_argument('--rounds', type=int, default=2, help='alternating rounds (the pairs split among them)')
     parser.add_argument('--embed', type=int, default=2000, help='sentences for the embedding throughput')
-    parser.add_argument('--out', type=Path, default=REPO / 'results' / 'bench_text.json')
+    parser.add_argument('--quality', action='store_true',
+                        help='instead: mAP@10 of the demo setting vs the peer trainer on full CLINC150 test -> train')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0], help='--quality: seeds of our fit')
+    parser.add_argument('--peer-lrs', type=float, nargs='+', default=[5e-5, 2e-4],
+                        help="--quality: the peer's learning rates (5e-5 its default, 2e-4 its best)")
+    parser.add_argument('--out', type=Path, default=None,
+                        help='default results/bench_text.json (results/bench_text_quality.json with --quality)')
     args = parser.parse_args(argv)
     for name in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'JINA_OPTOUT_TELEMETRY'):
         os.environ.setdefault(name, '1')
+    if args.quality:
+        result = quality(args.seeds, args.peer_lrs, args.batch_pairs)
+        out = args.out or REPO / 'results' / 'bench_text_quality.json'
+        print(json.dumps(result, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        return 0
     from executors.demos.clinc150 import load_clinc150
 
     texts, labels = load_clinc150('train')
@@ -140,7 +195,8 @@ def main(argv=None) -> int:
         chunk_pairs = [pairs[i] for i in chunk]
         order = ('ours', 'peer') if round_no % 2 == 0 else ('peer', 'ours')
         for name in order:
-            rate = (ours if name == 'ours' else peer)(chunk_pairs, args.batch_pairs, args.lr)
+            rate = ours(chunk_pairs, args.batch_pairs, args.lr) if name == 'ours' else \
+                peer(chunk_pairs, args.batch_pairs, args.lr)[0]
             rates[name].append(rate)
             print(f'round {round_no + 1}/{args.rounds}: {name} {rate:.1f} sentences/s', flush=True)
     # sentences/s over all rounds = total sentences / total seconds
@@ -154,8 +210,9 @@ def main(argv=None) -> int:
                   encoder_ratio=encoder_rate / plain_rate, peer_encode_sentences_per_s=peer_rate,
                   encoder_vs_peer_encode=encoder_rate / peer_rate)
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    out = args.out or REPO / 'results' / 'bench_text.json'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -50,8 +50,9 @@ def wait_for_fit(client, poll_seconds: float = 2.0) -> dict:
         job = status['job']
         if job['state'] != 'running':
             break
+        loss = f"{job['loss']:.4f}" if isinstance(job.get('loss'), (int, float)) else '-'  # none before batch 1
         print(f"\r  fit: epoch {job.get('epoch', 0)}/{job.get('epochs', '?')} batch {job.get('batch', 0)}/"
-              f"{job.get('batches', '?')} loss {job.get('loss', float('nan')):.4f}", end='', flush=True)
+              f"{job.get('batches', '?')} loss {loss}", end='', flush=True)
         time.sleep(poll_seconds)
     print()
     if job['state'] != 'done':

@@ -33,10 +33,10 @@ K = 10
 MAX_LENGTH = 64
 #: the fine-tuning settings of the full scenario (also the text flow's /fit defaults)
 FINE_TUNE = {'loss': 'MultipleNegativesRankingLoss', 'epochs': 1, 'batch_size': 64, 'learning_rate': 2e-4,
-             'loss_kwargs': {'symmetric': True, 'prototype_weight': 1.0, 'prototype_scale': 30.0,
-                             'prototype_momentum': 0.5, 'prototype_margin': 0.1},
+             'loss_kwargs': {'prototype_weight': 1.0, 'prototype_scale': 30.0, 'prototype_momentum': 0.5,
+                             'prototype_margin': 0.1},
              'optimizer': 'adamw', 'weight_decay': 0.01, 'scheduler': 'linear', 'warmup_ratio': 0.1}
-FINE_TUNED = 'MiniLM fine-tuned (fit, symmetric MNRL + class prototypes, 1 epoch)'  # its row in the table
+FINE_TUNED = 'MiniLM fine-tuned (fit, MNRL + class prototypes with margin, 1 epoch)'  # its row in the table
 HEADS = {'FeedForwardTuner': {'hidden_dim': 256, 'n_epochs': 20, 'learning_rate': 1e-3, 'batch_size': 64},
          'ContrastiveTuner': {'hidden_dim': 256, 'n_neg': 3, 'epochs': 20, 'learning_rate': 1e-3}}
 #: what a user sets on the text training flow's /fit (the rest are flows/text-train.yml's defaults)
