@@ -369,7 +369,13 @@ def _make_optimizer(model, optimizer, optimizer_kwargs, learning_rate, configure
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise InputError('model: has no trainable parameters (all frozen?); unfreeze some layers')
-    return OPTIMIZERS[name](params, lr=learning_rate, **(optimizer_kwargs or {})), None
+    kwargs = dict(optimizer_kwargs or {})
+    if name in ('adam', 'adamw') and not {'fused', 'foreach'} & set(kwargs) and all(
+            p.is_floating_point() and p.device.type in ('cpu', 'cuda') for p in params):
+        # one fused kernel over all parameters: on CPU torch otherwise loops per tensor (MiniLM: 23 vs 122 ms
+        # a step); sentence-transformers' trainer uses the fused AdamW too
+        kwargs['fused'] = True
+    return OPTIMIZERS[name](params, lr=learning_rate, **kwargs), None
 
 
 def fit(model: nn.Module = None, train_data=None, eval_data=None, *legacy_positional, loss: Union[str, nn.Module] = 'SiameseLoss',

@@ -61,6 +61,58 @@ def test_padding_does_not_change_a_sentence_embedding(tiny_bert):
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
 
 
+def _varied_batch(rows, seed=0, left=False):
+    """``rows`` sentences of 1..12 tokens, padded to 12 on the right (or the left)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 13, rows)
+    mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
+    mask = mask.flip(1) if left else mask
+    return {'input_ids': torch.from_numpy(rng.integers(1, 50, (rows, 12))) * mask, 'attention_mask': mask,
+            'token_type_ids': torch.zeros_like(mask)}
+
+
+@pytest.mark.parametrize('pooling', ['mean', 'cls', 'max'])
+def test_length_buckets_give_each_row_what_one_pass_gives(tiny_bert, pooling, monkeypatch):
+    """Rows of 1..12 tokens, more than ``bucket_rows``: sorted into buckets, cut, and put back in order."""
+    model = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert, 'pooling': pooling}}).eval()
+    monkeypatch.setattr(TransformerEncoder, 'bucket_rows', 4)
+    batch = _varied_batch(11)
+    calls = []
+    model.backbone.register_forward_pre_hook(lambda module, args, kwargs: calls.append(
+        tuple(kwargs['input_ids'].shape)), with_kwargs=True)
+    with torch.no_grad():
+        bucketed = model(batch)
+        assert [rows for rows, _ in calls] == [4, 4, 3]
+        assert max(length for _, length in calls[:2]) < 12  # short rows ran without the longest's padding
+        monkeypatch.setattr(TransformerEncoder, 'bucket_rows', 0)
+        whole = model(batch)
+        assert calls[3] == (11, 12)  # bucket_rows = 0: one pass
+        alone = torch.cat([model({k: v[i:i + 1, :int(batch['attention_mask'][i].sum())] for k, v in batch.items()})
+                           for i in range(11)])
+    torch.testing.assert_close(bucketed, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bucketed, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_length_buckets_give_one_pass_gradients_and_skip_left_padding(tiny_bert, monkeypatch):
+    model = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert}}).eval()  # no dropout
+    batch = _varied_batch(9, seed=1)
+    grads = []
+    for rows in (4, 0):
+        monkeypatch.setattr(TransformerEncoder, 'bucket_rows', rows)
+        model.zero_grad()
+        (model(batch) * torch.arange(1.0, 10.0)[:, None]).sum().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+    monkeypatch.setattr(TransformerEncoder, 'bucket_rows', 4)
+    calls = []
+    model.backbone.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with torch.no_grad():
+        model(_varied_batch(9, seed=1, left=True))
+    assert len(calls) == 1  # not right-padded: one pass, as given
+
+
 def test_store_round_trip_keeps_tuned_weights(tiny_bert, tmp_path):
     model = build_model({'builder': 'transformer', 'kwargs': {'path': tiny_bert, 'pooling': 'max'}})
     with torch.no_grad():

@@ -269,6 +269,34 @@ def test_optimizer_by_name_uses_learning_rate_and_kwargs(name, cls):
     assert grab.optimizer.param_groups[0]['weight_decay'] == 0.25
 
 
+@pytest.mark.parametrize('name, kwargs, fused', [
+    ('adam', {}, True), ('AdamW', {'weight_decay': 0.1}, True),
+    ('adamw', {'foreach': True}, None),  # the caller's choice of implementation wins
+    ('adam', {'fused': False}, False), ('sgd', {}, None)])
+def test_adam_steps_use_the_fused_kernel_unless_told_otherwise(name, kwargs, fused):
+    class Grab(Callback):
+        def on_fit_begin(self, tuner):
+            self.optimizer = tuner.optimizer
+
+    grab = Grab()
+    model = mlp(4, 8)
+    start = weights(model)
+    fit(model, blobs(), optimizer=name, optimizer_kwargs=kwargs, epochs=1, callbacks=[grab], progress_bar=False)
+    assert grab.optimizer.param_groups[0].get('fused') == fused
+    assert not same_weights(start, weights(model))  # it trained
+
+
+def test_fused_and_per_tensor_adamw_take_the_same_steps():
+    results = []
+    for kwargs in ({}, {'fused': False}):
+        model = mlp(4, 8, seed=0)
+        fit(model, blobs(), optimizer='adamw', optimizer_kwargs=kwargs, epochs=2, batch_size=10, seed=0,
+            progress_bar=False)
+        results.append(weights(model))
+    for fused, per_tensor in zip(*results):
+        torch.testing.assert_close(fused, per_tensor, atol=1e-5, rtol=1e-4)
+
+
 # --- optimizer and scheduler -----------------------------------------------------------------------------------
 
 
