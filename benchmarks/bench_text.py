@@ -63,7 +63,7 @@ def ours(pairs, batch_pairs, lr):
     return len(texts) / (time.perf_counter() - start)
 
 
-def peer(pairs, batch_pairs, lr, seed=0):
+def peer(pairs, batch_pairs, lr):
     """sentence-transformers' trainer on the pairs: ``(sentences/s, the tuned SentenceTransformer)``."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
@@ -78,7 +78,7 @@ def peer(pairs, batch_pairs, lr, seed=0):
     with tempfile.TemporaryDirectory() as out:
         args = SentenceTransformerTrainingArguments(
             output_dir=out, num_train_epochs=1, per_device_train_batch_size=batch_pairs, learning_rate=lr,
-            warmup_steps=0.1, batch_sampler='no_duplicates', save_strategy='no', report_to=[], seed=seed,
+            warmup_steps=0.1, batch_sampler='no_duplicates', save_strategy='no', report_to=[], seed=0,
             use_cpu=True, logging_strategy='no', dataloader_drop_last=False)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                              loss=MultipleNegativesRankingLoss(model))
@@ -147,8 +147,9 @@ def quality(seeds, peer_lrs, batch_pairs) -> dict:
     for lr in peer_lrs:
         rate, model = peer(pairs, batch_pairs, lr)
         model.eval()
-        encode = lambda texts: model.encode(list(texts), batch_size=128, normalize_embeddings=True)  # noqa: E731
-        space = scores(encode(test_texts), test_labels, encode(train_texts), train_labels)
+        test, train = (model.encode(list(texts), batch_size=128, normalize_embeddings=True)
+                       for texts in (test_texts, train_texts))
+        space = scores(test, test_labels, train, train_labels)
         result['peer'][f'lr {lr:g}'] = {**space, 'fit (s)': round(2 * len(pairs) / rate, 1)}
         print(f'peer, lr {lr:g}: {space}', flush=True)
     best_peer = max(v['mAP@10'] for v in result['peer'].values())
@@ -156,6 +157,12 @@ def quality(seeds, peer_lrs, batch_pairs) -> dict:
     result.update(ours_mean_mAP10=float(np.mean(ours_maps)), peer_best_mAP10=best_peer,
                   ours_mean_minus_peer_best=float(np.mean(ours_maps)) - best_peer)
     return result
+
+
+def write(result: dict, out: Path) -> None:
+    print(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
 
 
 def main(argv=None) -> int:
@@ -176,11 +183,8 @@ def main(argv=None) -> int:
     for name in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'JINA_OPTOUT_TELEMETRY'):
         os.environ.setdefault(name, '1')
     if args.quality:
-        result = quality(args.seeds, args.peer_lrs, args.batch_pairs)
-        out = args.out or REPO / 'results' / 'bench_text_quality.json'
-        print(json.dumps(result, indent=2))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+        write(quality(args.seeds, args.peer_lrs, args.batch_pairs),
+              args.out or REPO / 'results' / 'bench_text_quality.json')
         return 0
     from executors.demos.clinc150 import load_clinc150
 
@@ -209,10 +213,7 @@ def main(argv=None) -> int:
     result.update(encoder_sentences_per_s=encoder_rate, plain_sentences_per_s=plain_rate,
                   encoder_ratio=encoder_rate / plain_rate, peer_encode_sentences_per_s=peer_rate,
                   encoder_vs_peer_encode=encoder_rate / peer_rate)
-    print(json.dumps(result, indent=2))
-    out = args.out or REPO / 'results' / 'bench_text.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write(result, args.out or REPO / 'results' / 'bench_text.json')
     return 0
 
 

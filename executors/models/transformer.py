@@ -97,16 +97,16 @@ class TransformerEncoder(nn.Module):
                              f'got {got}; tokenize texts with the model version\'s text transform')
         inputs = {key: batch[key] for key in (*INPUT_KEYS, 'token_type_ids') if key in batch}
         mask = inputs['attention_mask']
-        right_padded = mask.dim() == 2 and bool((mask[:, 1:] <= mask[:, :-1]).all())
-        if not self.bucket_rows or len(mask) <= self.bucket_rows or not right_padded:
-            pooled = self._pooled(inputs)
-        else:
-            order = torch.argsort(mask.sum(1), stable=True)
-            parts = []
-            for rows in order.split(self.bucket_rows):
-                length = max(int(mask[rows].sum(1).max()), 1)
-                parts.append(self._pooled({key: value[rows, :length] for key, value in inputs.items()}))
+        if self.bucket_rows and len(mask) > self.bucket_rows and mask.dim() == 2 \
+                and bool((mask[:, 1:] <= mask[:, :-1]).all()):  # right-padded: a row's tokens come first
+            lengths = mask.sum(1)
+            order = torch.argsort(lengths, stable=True)
+            parts = [self._pooled({key: value[rows, :max(int(lengths[rows].max()), 1)]
+                                   for key, value in inputs.items()})
+                     for rows in order.split(self.bucket_rows)]
             pooled = torch.cat(parts).index_select(0, torch.argsort(order))
+        else:
+            pooled = self._pooled(inputs)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def _pooled(self, inputs: Mapping[str, Tensor]) -> Tensor:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from executors.data.specs import boolean
 from executors.errors import InputError, positive_int
 from executors.tuner.distances import check_distance, pairwise_distance
 from executors.tuner.miners import AllPairsMiner, AllTripletsMiner, check_batch
@@ -298,9 +299,7 @@ class MultipleNegativesRankingLoss(BatchLoss):
         super().__init__()
         self.scale = _check_number(scale, 'scale', above=0)
         self.miner = miner
-        if not isinstance(symmetric, bool):
-            raise InputError(f'symmetric: expected true or false, got {symmetric!r}')
-        self.symmetric = symmetric
+        self.symmetric = boolean('symmetric', symmetric)
         self.prototype_weight = _check_number(prototype_weight, 'prototype_weight', minimum=0)
         self.prototype_scale = _check_number(prototype_scale, 'prototype_scale', above=0)
         self.prototype_momentum = _check_number(prototype_momentum, 'prototype_momentum', minimum=0, below=1)
